@@ -25,10 +25,10 @@ __all__ = ['repo_root', 'load_params', 'stage_cli', 'in_notebook', 'get_logger',
            'as_code', 'feature_columns', 'target_vector', 'score', 'ks_statistic', 'load_artifacts', 'file_md5',
            'params_hash', 'git_commit', 'lineage_tags', 'tracking_uri', 'setup_mlflow']
 
-# %% ../nbs/00_core.ipynb #b46967e8
-def repo_root() -> Path:
+# %% ../nbs/00_core.ipynb #e0f44bc5
+def repo_root(package_dir: str | Path | None = None) -> Path:
     "The repository root: the folder holding `pipeline/`, climbing out of a `.dvc/tmp/exps` copy."
-    root = Path(__file__).resolve().parents[1]
+    root = Path(package_dir or Path(__file__).parent).resolve().parent
     parts = root.parts
     return Path(*parts[: parts.index(".dvc")]) if ".dvc" in parts else root
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: parameters, the default data, a temporary MLflow store, and repository copies."""
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the environment the tests run in provides dvc, nbdev, python
+
+
+def deep_merge(base: dict, overlay: dict) -> dict:
+    "A copy of `base` with `overlay`'s values put in, recursively."
+    out = copy.deepcopy(base)
+    for k, v in overlay.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_yaml(path):
+    return yaml.safe_load(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    return load_yaml(ROOT / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def small_params(params) -> dict:
+    return deep_merge(params, load_yaml(ROOT / "tests/profile_small.yaml"))
+
+
+@pytest.fixture(scope="session")
+def raw(params):
+    from pipeline.core import read_table
+    return read_table(ROOT / params["data"]["path"])
+
+
+def run(cmd, cwd, env=None, check=True) -> subprocess.CompletedProcess:
+    "Run a command with the test environment's tools first on PATH; output captured as text."
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    "Copy the files git would see (tracked and untracked, not ignored) into `dest`, as a fresh git repository."
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], ROOT).stdout.splitlines()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    run("git init -q && git add -A && git -c user.name=t -c user.email=t@t commit -qm copy", dest)
+    return dest
+
+
+def mlflow_env(tmp: Path) -> dict:
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

@@ -1,0 +1,74 @@
+"""The pipeline end to end: real `dvc repro` and `dvc exp run` in a temporary copy of the repository,
+with a real (temporary) MLflow store."""
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.core import file_md5
+from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
+
+STAGES = ["validate", "featurize", "train", "evaluate", "explain", "drift"]
+
+
+@pytest.fixture(scope="module")
+def small_repo(tmp_path_factory, root):
+    "A copy of the repository with the small profile merged into params.yaml, after one `dvc repro`."
+    repo = copy_repo(tmp_path_factory.mktemp("repo"))
+    params = deep_merge(load_yaml(repo / "params.yaml"), load_yaml(root / "tests/profile_small.yaml"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("git commit -qam 'small profile'", repo)
+    env = mlflow_env(repo)
+    proc = run(["dvc", "repro"], repo, env)
+    return repo, env, proc
+
+
+def test_repro_runs_every_stage_and_writes_outputs(small_repo):
+    repo, _, proc = small_repo
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in proc.stdout
+    for out in ["data/validated/data.parquet", "data/quarantine/rows.csv", "data/split/test.parquet",
+                "models/featurizer.joblib", "models/xgboost.joblib", "plots/roc/xgboost.csv",
+                "plots/shap/beeswarm.png", "reports/shap_importance.csv", "reports/drift.csv"]:
+        assert (repo / out).stat().st_size > 0, out
+    validation = json.loads((repo / "reports/validation.json").read_text())
+    assert validation["rows_in"] == 4000 == validation["rows_passed"] + validation["rows_quarantined"]
+    metrics = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert 0.70 < metrics["auc"] < 0.85 and metrics["gini"] == pytest.approx(2 * metrics["auc"] - 1, abs=1e-5)
+    assert 0.6 < metrics["baseline_auc"] < 0.85 and 0 < metrics["ks"] < 1
+    drift = json.loads((repo / "metrics/drift.json").read_text())
+    assert drift["status"] == "stable" and set(drift["features"]) >= {"LIMIT_BAL", "SEX"}
+    shown = run(["dvc", "metrics", "show"], repo).stdout
+    assert "baseline_auc" in shown and "score_psi" in shown
+
+
+def test_mlflow_run_is_traceable(small_repo):
+    repo, env, _ = small_repo
+    info = json.loads((repo / "models/model_info.json").read_text())
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    run_ = client.get_run(info["run_id"])
+    params = load_yaml(repo / "params.yaml")
+    assert run_.data.tags["data_md5"] == file_md5(repo / params["data"]["path"])
+    assert len(run_.data.tags["git_commit"]) >= 40 and len(run_.data.tags["params_hash"]) == 16
+    assert run_.data.metrics["test_auc"] == pytest.approx(json.loads((repo / "metrics/evaluate.json").read_text())["auc"], abs=1e-6)
+    children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['run_id']}'")
+    assert len(children) == params["train"]["n_trials"]
+    assert all("valid_auc" in c.data.metrics or c.data.tags["state"] == "PRUNED" for c in children)
+    version = client.get_model_version(info["registered_model"], info["version"])
+    assert version.run_id == info["run_id"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    model = mlflow.xgboost.load_model(f"models:/{info['registered_model']}/{info['version']}")
+    assert model.predict_proba(pd.read_parquet(repo / "data/split/test.parquet").pipe(
+        __import__("joblib").load(repo / "models/featurizer.joblib").transform)).shape[1] == 2
+
+
+def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
+    repo, env, _ = small_repo
+    again = run(["dvc", "repro"], repo, env).stdout
+    assert "Running stage" not in again and "Data and pipelines are up to date" in again
+    exp = run(["dvc", "exp", "run", "-S", "train.n_trials=2"], repo, env).stdout
+    ran = {s for s in STAGES if f"Running stage '{s}'" in exp}
+    assert ran == {"train", "evaluate", "explain", "drift"}, exp

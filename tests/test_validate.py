@@ -1,0 +1,90 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.validate import DataQualityError, check_gate, validate_frame
+
+
+def test_default_data_passes_and_duplicates_are_quarantined(raw, params):
+    valid, quarantine, report = validate_frame(raw, params)
+    assert report["passed"]
+    assert report["rows_in"] == len(raw) == len(valid) + len(quarantine)
+    assert report["rules"] == {"duplicate row": int(raw.duplicated().sum())} and len(quarantine) > 0
+    assert set(quarantine["_rule"]) == {"duplicate row"}
+    assert valid["LIMIT_BAL"].dtype == "float64" and set(valid["SEX"]) == {"1", "2"}
+
+
+def test_out_of_range_rows_fail_the_gate_naming_column_and_count(raw, params):
+    bad = raw.copy()
+    idx = bad.sample(frac=0.1, random_state=1).index
+    bad.loc[idx, "AGE"] = 150
+    valid, quarantine, report = validate_frame(bad, params)
+    n_dup = raw.duplicated().sum()
+    assert report["rules"]["AGE: max 120"] == len(idx)
+    assert set(idx) <= set(quarantine["_row"])
+    assert len(valid) + len(quarantine) == len(raw)
+    with pytest.raises(DataQualityError, match=r"AGE: max 120: 3,000 rows"):
+        check_gate(report)
+    assert report["rows_quarantined"] <= len(idx) + n_dup
+
+
+def test_missing_column_quarantines_every_row(raw, params):
+    valid, quarantine, report = validate_frame(raw.drop(columns=["PAY_AMT3"]), params)
+    assert len(valid) == 0 and len(quarantine) == len(raw)
+    assert report["rules"] == {"PAY_AMT3: missing column": len(raw)}
+    with pytest.raises(DataQualityError, match="PAY_AMT3: missing column: 30,000 rows"):
+        check_gate(report)
+
+
+def test_wrong_type_is_reported_per_cell(raw, params):
+    bad = raw.head(1000).astype({"LIMIT_BAL": object, "EDUCATION": object})
+    bad.loc[[3, 7], "LIMIT_BAL"] = "lots"
+    bad.loc[5, "EDUCATION"] = "phd"
+    bad.loc[9, "LIMIT_BAL"] = "50000"  # a number stored as text is fine
+    valid, quarantine, report = validate_frame(bad, params)
+    rules = quarantine.set_index("_row")["_rule"]
+    assert rules[3] == rules[7] == "LIMIT_BAL: numeric type"
+    assert rules[5] == "EDUCATION: allowed codes"
+    assert 9 in valid.index and valid.loc[9, "LIMIT_BAL"] == 50000.0
+
+
+def test_missing_values_only_where_nullable(raw, params):
+    bad = raw.head(500).copy()
+    bad.loc[[1, 2], "BILL_AMT1"] = np.nan
+    bad.loc[3, "default"] = np.nan
+    _, quarantine, _ = validate_frame(bad, params)
+    rules = quarantine.set_index("_row")["_rule"]
+    assert rules[1] == "BILL_AMT1: missing value" and rules[3] == "default: missing value"
+    nullable = {**params, "columns": {**params["columns"],
+                                      "numeric": {**params["columns"]["numeric"], "BILL_AMT1": {"nullable": True}}}}
+    valid, quarantine, _ = validate_frame(bad, nullable)
+    assert 1 in valid.index and np.isnan(valid.loc[1, "BILL_AMT1"]) and list(quarantine["_row"]) == [3]
+
+
+def test_duplicate_ids_and_allowing_duplicate_rows(raw, params):
+    df = raw.head(100).assign(cid=range(100))
+    df.loc[10, "cid"] = 3
+    p = {**params, "data": {**params["data"], "id": "cid"}}
+    _, quarantine, _ = validate_frame(df, p)
+    assert quarantine.set_index("_row")["_rule"][10] == "cid: duplicate id"
+    dups = pd.concat([raw.head(50), raw.head(5)], ignore_index=True)
+    assert validate_frame(dups, params)[2]["rows_quarantined"] == 5
+    allow = {**params, "validate": {**params["validate"], "duplicate_rows": "allow"}}
+    assert validate_frame(dups, allow)[2]["rows_quarantined"] == 0
+
+
+def test_stage_cli_exits_nonzero_with_summary_and_writes_quarantine(raw, params, tmp_path):
+    bad = raw.head(2000).copy()
+    bad.loc[:299, "PAY_AMT1"] = -5
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    p = {**params, "data": {**params["data"], "path": "bad.csv"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.validate"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "validation failed" in proc.stderr and "PAY_AMT1: min 0: 300 rows" in proc.stderr
+    quarantine = pd.read_csv(tmp_path / "data/quarantine/rows.csv")
+    assert len(quarantine) >= 300 and (quarantine["_rule"].str.contains("PAY_AMT1: min 0")).sum() == 300
