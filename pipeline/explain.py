@@ -33,10 +33,12 @@ def global_importance(explanation: shap.Explanation) -> pd.DataFrame:
                         "mean_abs_shap": abs(explanation.values).mean(axis=0)})
     return imp.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
 
-# %% ../nbs/05_explain.ipynb #8cbc01a5
-def importance_plots(explanation: shap.Explanation, top: int) -> dict:
+# %% ../nbs/05_explain.ipynb #7cadd41a
+def importance_plots(explanation: shap.Explanation, top: int, seed: int = 0) -> dict:
     "The bar and beeswarm figures of the top features."
     import matplotlib.pyplot as plt
+    import numpy as np
+    np.random.seed(seed)  # the beeswarm jitters points with numpy's global generator: same data, same picture
     figs = {}
     for kind, draw in {"bar": shap.plots.bar, "beeswarm": shap.plots.beeswarm}.items():
         plt.figure()
