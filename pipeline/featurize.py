@@ -38,20 +38,18 @@ def split_frame(df: pd.DataFrame, params: dict) -> dict[str, pd.DataFrame]:
     train, valid = train_test_split(rest, test_size=valid_share, stratify=y_rest, random_state=f["seed"])
     return {"train": train, "valid": valid, "test": test}
 
-# %% ../nbs/02_featurize.ipynb #758ef2da
+# %% ../nbs/02_featurize.ipynb #226ca81c
 AGGREGATES = {"mean": "mean", "max": "max", "min": "min", "sum": "sum", "std": "std"}
 
 class CreditFeatures(BaseEstimator, TransformerMixin):
-    "Adds the ratio and row-aggregate columns declared in params (learns nothing but the input names)."
-    def __init__(self, ratios: dict | None = None, aggregates: dict | None = None):
-        self.ratios, self.aggregates = ratios, aggregates
+    "Keeps the model's input `columns` and adds the ratio and row-aggregate columns declared in params."
+    def __init__(self, columns: list[str], ratios: dict | None = None, aggregates: dict | None = None):
+        self.columns, self.ratios, self.aggregates = columns, ratios, aggregates
 
-    def fit(self, X: pd.DataFrame, y=None):
-        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
-        return self
+    def fit(self, X: pd.DataFrame, y=None): return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        X = X.copy()
+        X = X[list(self.columns)].copy()  # extra fields (target, id, anything a caller sends) never reach a model
         for name, (num, den) in (self.ratios or {}).items():
             d = X[den].astype(float)
             X[name] = X[num].astype(float) / d.where(d > 0)
@@ -62,10 +60,9 @@ class CreditFeatures(BaseEstimator, TransformerMixin):
         return X
 
     def get_feature_names_out(self, input_features=None):
-        inputs = self.feature_names_in_ if input_features is None else input_features
-        return np.array([*inputs, *(self.ratios or {}), *(self.aggregates or {})], dtype=object)
+        return np.array([*self.columns, *(self.ratios or {}), *(self.aggregates or {})], dtype=object)
 
-# %% ../nbs/02_featurize.ipynb #5883da46
+# %% ../nbs/02_featurize.ipynb #b85e6f40
 MISSING = "missing"
 
 def categorical_codes(X: pd.DataFrame) -> pd.DataFrame:
@@ -84,7 +81,8 @@ def build_featurizer(params: dict) -> Pipeline:
         ("cat", Pipeline([("codes", FunctionTransformer(categorical_codes, feature_names_out="one-to-one")),
                           ("onehot", onehot)]), categorical),
     ], verbose_feature_names_out=False)
-    pipe = Pipeline([("engineer", CreditFeatures(f.get("ratios"), f.get("aggregates"))), ("columns", columns)])
+    pipe = Pipeline([("engineer", CreditFeatures(numeric + categorical, f.get("ratios"), f.get("aggregates"))),
+                     ("columns", columns)])
     return pipe.set_output(transform="pandas")
 
 # %% ../nbs/02_featurize.ipynb #219f17e0

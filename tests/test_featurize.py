@@ -28,9 +28,10 @@ def test_split_is_stratified_seeded_and_disjoint(splits, params):
 
 def test_engineered_ratios_and_aggregates():
     X = pd.DataFrame({"bill": [50.0, 10.0, 5.0], "limit": [100.0, 0.0, -1.0], "d1": [2, -1, 0], "d2": [1, 0, 3]})
-    out = CreditFeatures({"util": ["bill", "limit"]},
+    out = CreditFeatures(["bill", "limit", "d1", "d2"], {"util": ["bill", "limit"]},
                          {"late": {"fn": "count_positive", "cols": ["d1", "d2"]}, "worst": {"fn": "max", "cols": ["d1", "d2"]}}
-                         ).fit(X).transform(X)
+                         ).fit(X).transform(X.assign(extra="ignored"))
+    assert "extra" not in out
     assert out["util"].iloc[0] == 0.5 and np.isnan(out["util"].iloc[1]) and np.isnan(out["util"].iloc[2])
     assert out["late"].tolist() == [2, 0, 1] and out["worst"].tolist() == [2, 0, 3]
 
