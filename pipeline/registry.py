@@ -39,7 +39,7 @@ def gate_summary(results: list[dict]) -> str:
     if not failed: return "passed every criterion"
     return "refused: " + "; ".join(f"{r['criterion']} = {r['value']:.4f}, must be {r['rule']} {r['limit']:.4f}" for r in failed)
 
-# %% ../nbs/07_registry.ipynb #503927bd
+# %% ../nbs/07_registry.ipynb #d0f57d89
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 class Registry:
@@ -83,9 +83,13 @@ class Registry:
 
     def versions(self) -> pd.DataFrame:
         "Every version with its aliases, test metrics and gate verdict, newest first."
+        from mlflow.exceptions import MlflowException
+        try: aliases = self.client.get_registered_model(self.name).aliases  # search results carry no aliases
+        except MlflowException: return pd.DataFrame()
         rows = []
         for v in self.client.search_model_versions(f"name = '{self.name}'"):
-            rows.append({"version": int(v.version), "aliases": ",".join(v.aliases), "auc": v.tags.get("test_auc"),
+            named = ",".join(a for a, version in aliases.items() if str(version) == str(v.version))
+            rows.append({"version": int(v.version), "aliases": named, "auc": v.tags.get("test_auc"),
                          "ks": v.tags.get("test_ks"), "gate": v.tags.get("gate", ""), "run_id": v.run_id,
                          "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
         return pd.DataFrame(rows).sort_values("version", ascending=False, ignore_index=True) if rows else pd.DataFrame()

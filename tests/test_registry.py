@@ -1,0 +1,111 @@
+"""Champion/challenger against a real (temporary) MLflow store: the gate refuses a worse model with the
+reason, promotes a good one, rollback restores the previous champion, every move is in the audit log."""
+import json
+import os
+import subprocess
+
+import mlflow
+import pytest
+import xgboost as xgb
+import yaml
+from sklearn.pipeline import Pipeline
+
+from pipeline.core import setup_mlflow, target_vector
+from pipeline.evaluate import evaluate_models
+from pipeline.featurize import build_featurizer, split_frame
+from pipeline.registry import CHALLENGER, CHAMPION, Registry, promote, register_candidate, rollback
+from pipeline.train import calibrate, log_models, train_models
+from pipeline.validate import validate_frame
+from tests.conftest import BIN
+
+
+@pytest.fixture(scope="module")
+def setting(raw, params, tmp_path_factory):
+    "Full default data, default gate criteria, a short search; a fresh MLflow store."
+    tmp = tmp_path_factory.mktemp("registry")
+    p = {**params, "train": {**params["train"], "n_trials": 3}, "evaluate": {**params["evaluate"], "bootstrap": 20}}
+    rows, _, _ = validate_frame(raw, p)
+    splits = split_frame(rows, p)
+    featurizer = build_featurizer(p).fit(splits["train"])
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+    mp = pytest.MonkeyPatch()
+    for k, v in env.items(): mp.setenv(k, v)
+    mp.chdir(tmp)
+    setup_mlflow(p)
+    yield p, splits, featurizer, tmp, env
+    mp.undo()
+
+
+def candidate(setting, models: dict):
+    "Log `models` in an MLflow run, evaluate them as the evaluate stage does; returns (uri, run id, metrics)."
+    p, splits, *_ = setting
+    with mlflow.start_run() as run:
+        uris = log_models({"models": models, "example": splits["valid"].head(3)})
+    metrics, _ = evaluate_models(splits, models, "xgboost", p)
+    return uris["xgboost"], run.info.run_id, metrics
+
+
+def one_tree(setting):
+    p, splits, featurizer, *_ = setting
+    X, Xv = featurizer.transform(splits["train"]), featurizer.transform(splits["valid"])
+    tree = xgb.XGBClassifier(n_estimators=1, max_depth=2).fit(X, target_vector(splits["train"], p))
+    return Pipeline([("features", featurizer), ("model", calibrate(tree, Xv, target_vector(splits["valid"], p), "temperature"))])
+
+
+def test_gate_promotes_refuses_and_rollback_restores(setting):
+    p, splits, featurizer, tmp, env = setting
+    reg = Registry(p["mlflow"]["registered_model"])
+    good = train_models(splits, featurizer, p, progress=False)["models"]
+
+    first = register_candidate(reg, *candidate(setting, good), splits["test"], p)
+    assert first["promoted"] and first["verdict"] == "passed every criterion", first
+    assert reg.alias(CHAMPION) == first["version"] and reg.alias(CHALLENGER) is None
+
+    worse = register_candidate(reg, *candidate(setting, {"baseline": good["baseline"], "xgboost": one_tree(setting)}),
+                               splits["test"], p)
+    assert not worse["promoted"]
+    assert reg.alias(CHAMPION) == first["version"] and reg.alias(CHALLENGER) == worse["version"]
+    failed = {r["criterion"]: r for r in worse["criteria"] if not r["passed"]}
+    assert {"test AUC", "AUC drop vs champion"} <= set(failed)
+    assert f"test AUC = {failed['test AUC']['value']:.4f}, must be >= 0.7500" in worse["verdict"]
+    assert worse["champion_auc_same_split"] == pytest.approx(first["criteria"][0]["value"], abs=1e-6)
+    with pytest.raises(ValueError, match="did not pass the gate"):
+        promote(reg, worse["version"], "trying")
+
+    p8 = {**p, "train": {**p["train"], "n_trials": 8}}
+    better = register_candidate(reg, *candidate(setting, train_models(splits, featurizer, p8, progress=False)["models"]),
+                                splits["test"], p)
+    assert better["promoted"] and reg.alias(CHAMPION) == better["version"] and better["previous_champion"] == first["version"]
+
+    back = rollback(reg, "incident drill")
+    assert back["from"] == better["version"] and back["to"] == first["version"] == reg.alias(CHAMPION)
+
+    champion_moves = [(e["action"], e["from"], e["to"]) for e in reg.audit_log() if e["alias"] == CHAMPION]
+    assert champion_moves == [("promote", None, first["version"]), ("promote", first["version"], better["version"]),
+                              ("rollback", better["version"], first["version"])]
+    lines = [json.loads(l) for l in (tmp / "models/registry_audit.jsonl").read_text().splitlines()]
+    assert lines == reg.audit_log() and all(e["who"] and e["at"] and e["why"] for e in lines)
+    with pytest.raises(ValueError, match="no previous champion"):
+        rollback(reg, "again")  # history is back to one champion
+
+
+def test_operations_commands(setting):
+    p, splits, featurizer, tmp, env = setting
+    (tmp / "params.yaml").write_text(yaml.safe_dump(p))
+    cli_env = {**os.environ, **env, "BENTOML_HOME": str(tmp / "bentoml")}
+
+    def run(cmd, *args):
+        return subprocess.run([str(BIN / cmd), *args], cwd=tmp, capture_output=True, text=True, env=cli_env)
+
+    for cmd in ["riskops-models", "riskops-promote", "riskops-rollback", "riskops-export"]:
+        assert run(cmd, "--help").returncode == 0
+    listing = run("riskops-models")
+    assert listing.returncode == 0 and "champion" in listing.stdout and "refused" in listing.stdout
+    refused = run("riskops-promote", "2", "--reason", "try")
+    assert refused.returncode == 2 and "did not pass the gate" in refused.stderr
+    exported = run("riskops-export")
+    assert exported.returncode == 0, exported.stderr
+    meta = json.loads((tmp / "models/champion.json").read_text())
+    assert meta["version"] == Registry(p["mlflow"]["registered_model"]).alias(CHAMPION) and meta["gate"] == "passed"
+    listed = run("bentoml", "models", "list", "-o", "json")
+    assert p["register"]["bento_model"] in listed.stdout
