@@ -2,6 +2,7 @@
 with a real (temporary) MLflow store."""
 import json
 
+import joblib
 import mlflow
 import pandas as pd
 import pytest
@@ -11,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import file_md5
 from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
 
-STAGES = ["validate", "featurize", "train", "evaluate", "explain", "drift"]
+STAGES = ["validate", "featurize", "train", "evaluate", "register", "explain", "drift"]
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +58,17 @@ def test_mlflow_run_is_traceable(small_repo):
     children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['run_id']}'")
     assert len(children) == params["train"]["n_trials"]
     assert all("valid_auc" in c.data.metrics or c.data.tags["state"] == "PRUNED" for c in children)
-    version = client.get_model_version(info["registered_model"], info["version"])
-    assert version.run_id == info["run_id"]
+    registry = json.loads((repo / "models/registry.json").read_text())
+    version = client.get_model_version(registry["registered_model"], registry["version"])
+    assert version.run_id == info["run_id"] and version.tags["gate"] == ("passed" if registry["promoted"] else "refused")
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    model = mlflow.xgboost.load_model(f"models:/{info['registered_model']}/{info['version']}")
-    assert model.predict_proba(pd.read_parquet(repo / "data/split/test.parquet").pipe(
-        __import__("joblib").load(repo / "models/featurizer.joblib").transform)).shape[1] == 2
+    model = mlflow.sklearn.load_model(f"models:/{registry['registered_model']}/{registry['version']}")
+    test = pd.read_parquet(repo / "data/split/test.parquet")
+    local = joblib.load(repo / f"models/{info['winner']}.joblib")
+    assert (model.predict_proba(test) == local.predict_proba(test)).all()
+    card = (repo / "models/MODEL_CARD.md").read_text()  # the champion's card; rewritten only on promotion
+    title = f"# Model card: {registry['registered_model']} version {registry['version']}\n"
+    assert card.startswith(title) == registry["promoted"] == (info["run_id"] in card)
 
 
 def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
@@ -71,4 +77,12 @@ def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
     exp = run(["dvc", "exp", "run", "-S", "train.n_trials=2"], repo, env).stdout
     ran = {s for s in STAGES if f"Running stage '{s}'" in exp}
-    assert ran == {"train", "evaluate", "explain", "drift"}, exp
+    assert ran == {"train", "evaluate", "register", "explain", "drift"}, exp
+
+
+def test_retraining_with_same_params_gives_same_metrics(small_repo):
+    repo, env, _ = small_repo
+    run("git checkout -- params.yaml && dvc repro", repo, env)
+    before = (repo / "metrics/evaluate.json").read_text()
+    run("dvc repro -f -s train && dvc repro", repo, env)
+    assert (repo / "metrics/evaluate.json").read_text() == before

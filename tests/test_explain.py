@@ -1,0 +1,23 @@
+import numpy as np
+
+from pipeline.explain import explain_rows, global_importance
+from pipeline.featurize import build_featurizer
+from pipeline.train import MarginEnsemble, train_models, uncalibrated
+from tests.test_train import small_splits  # noqa: F401  (fixture)
+
+
+def test_shap_values_add_up_to_the_margin(small_splits, small_params):
+    featurizer = build_featurizer(small_params).fit(small_splits["train"])
+    models = train_models(small_splits, featurizer, small_params, progress=False)["models"]
+    rows = small_splits["test"].head(50)
+    for name, model in models.items():
+        explanation = explain_rows(model, rows)
+        pipe = uncalibrated(model)
+        margin = pipe[-1].decision_function(pipe[:-1].transform(rows))
+        recon = explanation.values.sum(axis=1) + explanation.base_values
+        assert np.abs(recon - margin).max() < 1e-4, name
+    ensemble = uncalibrated(models["xgboost"])[-1]
+    assert isinstance(ensemble, MarginEnsemble) and len(ensemble.members_) == min(
+        small_params["train"]["ensemble_top_k"], small_params["train"]["n_trials"])
+    importance = global_importance(explain_rows(models["xgboost"], rows))
+    assert importance.mean_abs_shap.is_monotonic_decreasing and len(importance) == explanation.values.shape[1]
