@@ -19,17 +19,26 @@ from .core import (feature_columns, get_logger, in_notebook, load_params, read_j
 
 # %% auto #0
 __all__ = ['CHAMPION', 'CHALLENGER', 'gate', 'gate_summary', 'Registry', 'load_version', 'register_candidate', 'promote',
-           'rollback', 'model_card', 'main', 'list_cli', 'promote_cli', 'rollback_cli', 'export_cli']
+           'rollback', 'fairness_section', 'model_card', 'main', 'list_cli', 'promote_cli', 'rollback_cli',
+           'export_cli']
 
-# %% ../nbs/07_registry.ipynb #0dabbafc
-def gate(metrics: dict, criteria: dict, champion_auc: float | None = None) -> list[dict]:
-    "Check a candidate's test metrics against the criteria; one row per criterion with value, limit, passed."
+# %% ../nbs/07_registry.ipynb #7c964051
+def gate(metrics: dict, criteria: dict, champion_auc: float | None = None, fairness: dict | None = None,
+         robustness: dict | None = None) -> list[dict]:
+    "Check a candidate's test metrics (and fairness, robustness summaries) against the criteria; one row per criterion."
     gain = metrics["gini"] / metrics["baseline_gini"] - 1 if metrics["baseline_gini"] > 0 else float("inf")
     rows = [("test AUC", metrics["auc"], ">=", criteria["min_auc"]),
             ("relative Gini gain over baseline", gain, ">=", criteria["min_gini_gain_over_baseline"]),
             ("expected calibration error", metrics["ece"], "<=", criteria["max_ece"])]
     if champion_auc is not None:
         rows.append(("AUC drop vs champion", champion_auc - metrics["auc"], "<=", criteria["max_auc_drop_vs_champion"]))
+    if fairness is not None:
+        rows += [("fairness: disparate-impact ratio", fairness["min_disparate_impact_ratio"], ">=",
+                  criteria["min_disparate_impact_ratio"]),
+                 ("fairness: equalized-odds difference", fairness["max_equalized_odds_difference"], "<=",
+                  criteria["max_equalized_odds_difference"])]
+    if robustness is not None:
+        rows.append(("robustness: worst AUC drop", robustness["worst_auc_drop"], "<=", criteria["max_robustness_auc_drop"]))
     return [{"criterion": name, "value": float(value), "rule": op, "limit": float(limit),
              "passed": bool(value >= limit if op == ">=" else value <= limit)} for name, value, op, limit in rows]
 
@@ -94,14 +103,14 @@ class Registry:
                          "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
         return pd.DataFrame(rows).sort_values("version", ascending=False, ignore_index=True) if rows else pd.DataFrame()
 
-# %% ../nbs/07_registry.ipynb #068b6b95
+# %% ../nbs/07_registry.ipynb #789d4375
 def load_version(name: str, ref: str):
     "The scoring pipeline of a registered version or alias (`'3'` or `'champion'`)."
     import mlflow
     return mlflow.sklearn.load_model(f"models:/{name}/{ref}" if str(ref).isdigit() else f"models:/{name}@{ref}")
 
 def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict, test: pd.DataFrame,
-                       params: dict) -> dict:
+                       params: dict, fairness: dict | None = None, robustness: dict | None = None) -> dict:
     "Register a candidate as challenger, score the champion on the same test rows, promote if the gate passes."
     import mlflow
     from sklearn.metrics import roc_auc_score
@@ -110,7 +119,7 @@ def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict
     champion_auc = None
     if champion is not None:
         champion_auc = float(roc_auc_score(target_vector(test, params), score(load_version(reg.name, champion), test)))
-    results = gate(metrics, params["register"], champion_auc)
+    results = gate(metrics, params["register"], champion_auc, fairness, robustness)
     verdict = gate_summary(results)
     passed = all(r["passed"] for r in results)
     for key in ("auc", "ks", "gini", "ece", "baseline_auc"):
@@ -138,8 +147,21 @@ def rollback(reg: Registry, why: str) -> dict:
     if len(history) < 2: raise ValueError(f"no previous champion to roll back to (champion history: {history})")
     return reg.move_alias(CHAMPION, history[-2], "rollback", why)
 
-# %% ../nbs/07_registry.ipynb #682dba48
-def model_card(params: dict, registry_info: dict, metrics: dict, validation: dict, tags: dict) -> str:
+# %% ../nbs/07_registry.ipynb #8e374626
+def fairness_section(fairness: dict | None) -> str:
+    "Markdown: per protected column, each group's approval rate, TPR, FPR and AUC, and the summary figures."
+    if not fairness or not fairness["columns"]: return "No protected columns were assessed."
+    out = []
+    for col, rep in fairness["columns"].items():
+        rows = "\n".join(f"| {g} | {int(r['rows'])} | {r['approval_rate']:.2%} | {r['tpr']:.3f} | {r['fpr']:.3f} | "
+                         + (f"{r['auc']:.3f}" if r["auc"] is not None else "-") + " |" for g, r in rep["groups"].items())
+        out.append(f"**{col}**: disparate-impact ratio {rep['disparate_impact_ratio']:.3f}, demographic-parity difference "
+                   f"{rep['demographic_parity_difference']:.3f}, equalized-odds difference {rep['equalized_odds_difference']:.3f}\n\n"
+                   f"| group | rows | approval | TPR | FPR | AUC |\n|---|---|---|---|---|---|\n{rows}")
+    return "\n\n".join(out)
+
+def model_card(params: dict, registry_info: dict, metrics: dict, validation: dict, tags: dict,
+               fairness: dict | None = None) -> str:
     "Markdown model card of a promoted version: use, data, features, metrics with intervals, calibration, lineage."
     d, f = params["data"], params["featurize"]
     numeric, categorical = feature_columns(params)
@@ -183,8 +205,7 @@ Brier score {m['brier_uncalibrated']:.4f} before calibration, {m['brier']:.4f} a
 error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curves: `plots/calibration/`).
 
 ## Fairness
-Protected attributes: {', '.join(params['columns'].get('protected') or []) or 'none'}. Group metrics and a
-fairness gate are not yet part of the evaluation; until they are, review group outcomes before use.
+{fairness_section(fairness)}
 
 ## Promotion gate
 | criterion | value | rule | result |
@@ -203,7 +224,7 @@ fairness gate are not yet part of the evaluation; until they are, review group o
 - Previous champion: {registry_info.get('previous_champion') or 'none'}
 """
 
-# %% ../nbs/07_registry.ipynb #35a9162b
+# %% ../nbs/07_registry.ipynb #7dcb3229
 def main(argv=None) -> int:
     "Stage entry point: register the winner as challenger, gate it, promote it, write registry.json and the card."
     import mlflow
@@ -215,12 +236,14 @@ def main(argv=None) -> int:
     test = read_table("data/split/test.parquet")
     metrics["default_rate_test"] = float(target_vector(test, params).mean())
     reg = Registry(params["mlflow"]["registered_model"])
-    result = register_candidate(reg, info["model_uris"][info["winner"]], info["run_id"], metrics, test, params)
+    result = register_candidate(reg, info["model_uris"][info["winner"]], info["run_id"], metrics, test, params,
+                                read_json("metrics/fairness.json"), read_json("metrics/robustness.json"))
     result["run_id"] = info["run_id"]
     write_json(result, "models/registry.json")
     if result["promoted"]:
         tags = mlflow.get_run(info["run_id"]).data.tags
-        card = model_card(params, result, metrics, read_json("reports/validation.json"), tags)
+        card = model_card(params, result, metrics, read_json("reports/validation.json"), tags,
+                          read_json("metrics/fairness.json"))
         Path("models/MODEL_CARD.md").write_text(card)
         log.info("version %s promoted to champion (was %s)", result["version"], result["previous_champion"])
     else:
@@ -228,7 +251,7 @@ def main(argv=None) -> int:
                     result["version"], result["verdict"], result["champion"])
     return 0
 
-# %% ../nbs/07_registry.ipynb #f795ea19
+# %% ../nbs/07_registry.ipynb #251039bc
 def _ops_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
@@ -238,6 +261,15 @@ def _registry(args) -> tuple[Registry, dict]:
     params = load_params(args.params)
     setup_mlflow(params)
     return Registry(params["mlflow"]["registered_model"]), params
+
+def _report_move(command: str, move) -> int:
+    "Run an alias move and print it, or print why it was refused and exit 2."
+    try: entry = move()
+    except ValueError as e:
+        print(f"{command}: {e}", file=sys.stderr)
+        return 2
+    print(f"{entry['alias']}: version {entry['from']} -> {entry['to']}")
+    return 0
 
 def list_cli(argv=None) -> int:
     "riskops-models: every registered version with its aliases, test metrics and gate verdict."
@@ -255,12 +287,7 @@ def promote_cli(argv=None) -> int:
     p.add_argument("--force", action="store_true", help="promote even though the version did not pass the gate")
     args = p.parse_args(argv)
     reg, _ = _registry(args)
-    try: entry = promote(reg, args.version, args.reason, args.force)
-    except ValueError as e:
-        print(f"riskops-promote: {e}", file=sys.stderr)
-        return 2
-    print(f"champion: version {entry['from']} -> {entry['to']}")
-    return 0
+    return _report_move("riskops-promote", lambda: promote(reg, args.version, args.reason, args.force))
 
 def rollback_cli(argv=None) -> int:
     "riskops-rollback: point champion back at the previous champion."
@@ -268,12 +295,7 @@ def rollback_cli(argv=None) -> int:
     p.add_argument("--reason", required=True, help="why (kept in the audit log)")
     args = p.parse_args(argv)
     reg, _ = _registry(args)
-    try: entry = rollback(reg, args.reason)
-    except ValueError as e:
-        print(f"riskops-rollback: {e}", file=sys.stderr)
-        return 2
-    print(f"champion: version {entry['from']} -> {entry['to']}")
-    return 0
+    return _report_move("riskops-rollback", lambda: rollback(reg, args.reason))
 
 def export_cli(argv=None) -> int:
     "riskops-export: the champion to models/champion.joblib and to the BentoML model store."

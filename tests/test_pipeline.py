@@ -68,7 +68,9 @@ def test_mlflow_run_is_traceable(small_repo):
     assert (model.predict_proba(test) == local.predict_proba(test)).all()
     card = (repo / "models/MODEL_CARD.md").read_text()  # the champion's card; rewritten only on promotion
     title = f"# Model card: {registry['registered_model']} version {registry['version']}\n"
-    assert card.startswith(title) == registry["promoted"] == (info["run_id"] in card)
+    assert (info["run_id"] in card) == registry["promoted"]
+    if registry["promoted"]:
+        assert card.startswith(title)
 
 
 def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
