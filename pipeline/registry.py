@@ -18,9 +18,9 @@ from .core import (feature_columns, get_logger, in_notebook, load_params, read_j
                            setup_mlflow, stage_cli, target_vector, write_json)
 
 # %% auto #0
-__all__ = ['CHAMPION', 'CHALLENGER', 'gate', 'gate_summary', 'Registry', 'load_version', 'register_candidate', 'promote',
-           'rollback', 'fairness_section', 'model_card', 'main', 'list_cli', 'promote_cli', 'rollback_cli',
-           'export_cli']
+__all__ = ['CHAMPION', 'CHALLENGER', 'gate', 'gate_summary', 'Registry', 'load_version', 'compare_with_champion',
+           'register_candidate', 'promote', 'rollback', 'fairness_section', 'model_card', 'main', 'list_cli',
+           'promote_cli', 'rollback_cli', 'export_cli']
 
 # %% ../nbs/07_registry.ipynb #7c964051
 def gate(metrics: dict, criteria: dict, champion_auc: float | None = None, fairness: dict | None = None,
@@ -103,22 +103,29 @@ class Registry:
                          "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
         return pd.DataFrame(rows).sort_values("version", ascending=False, ignore_index=True) if rows else pd.DataFrame()
 
-# %% ../nbs/07_registry.ipynb #789d4375
+# %% ../nbs/07_registry.ipynb #92ecd61c
 def load_version(name: str, ref: str):
     "The scoring pipeline of a registered version or alias (`'3'` or `'champion'`)."
     import mlflow
     return mlflow.sklearn.load_model(f"models:/{name}/{ref}" if str(ref).isdigit() else f"models:/{name}@{ref}")
 
-def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict, test: pd.DataFrame,
-                       params: dict, fairness: dict | None = None, robustness: dict | None = None) -> dict:
-    "Register a candidate as challenger, score the champion on the same test rows, promote if the gate passes."
-    import mlflow
+def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candidate_auc: float) -> dict:
+    "The current champion's AUC on the same test rows as the candidate's (a regression check); no champion, no figures."
     from sklearn.metrics import roc_auc_score
+    champion = reg.alias(CHAMPION)
+    if champion is None: return {"champion_version": None}
+    auc = float(roc_auc_score(target_vector(test, params), score(load_version(reg.name, champion), test)))
+    return {"champion_version": champion, "champion_auc": auc, "candidate_auc": candidate_auc,
+            "auc_difference": candidate_auc - auc}
+
+def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict, params: dict,
+                       comparison: dict | None = None, fairness: dict | None = None,
+                       robustness: dict | None = None) -> dict:
+    "Register a candidate as challenger and promote it to champion if it passes the gate."
+    import mlflow
     version = mlflow.register_model(model_uri, reg.name).version
     champion = reg.alias(CHAMPION)
-    champion_auc = None
-    if champion is not None:
-        champion_auc = float(roc_auc_score(target_vector(test, params), score(load_version(reg.name, champion), test)))
+    champion_auc = (comparison or {}).get("champion_auc")
     results = gate(metrics, params["register"], champion_auc, fairness, robustness)
     verdict = gate_summary(results)
     passed = all(r["passed"] for r in results)
@@ -224,7 +231,7 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 - Previous champion: {registry_info.get('previous_champion') or 'none'}
 """
 
-# %% ../nbs/07_registry.ipynb #7dcb3229
+# %% ../nbs/07_registry.ipynb #539d9181
 def main(argv=None) -> int:
     "Stage entry point: register the winner as challenger, gate it, promote it, write registry.json and the card."
     import mlflow
@@ -233,11 +240,10 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     setup_mlflow(params)
     info, metrics = read_json("models/model_info.json"), read_json("metrics/evaluate.json")
-    test = read_table("data/split/test.parquet")
-    metrics["default_rate_test"] = float(target_vector(test, params).mean())
+    metrics["default_rate_test"] = float(target_vector(read_table("data/split/test.parquet"), params).mean())
     reg = Registry(params["mlflow"]["registered_model"])
-    result = register_candidate(reg, info["model_uris"][info["winner"]], info["run_id"], metrics, test, params,
-                                read_json("metrics/fairness.json"), read_json("metrics/robustness.json"))
+    result = register_candidate(reg, info["model_uris"][info["winner"]], info["run_id"], metrics, params,
+                                *(read_json(f"metrics/{name}.json") for name in ("comparison", "fairness", "robustness")))
     result["run_id"] = info["run_id"]
     write_json(result, "models/registry.json")
     if result["promoted"]:

@@ -118,3 +118,10 @@ def test_fairness_and_robustness_reports_on_the_default_data(evaluated):
     assert robust["worst_auc_drop"] == max(drops) > 0
     noise = [robust["scenarios"][f"noise_{lvl}"]["auc"] for lvl in p["evaluate"]["robustness"]["noise"]]
     assert noise == sorted(noise, reverse=True)  # more noise, lower AUC
+
+
+def test_grade_table_points_fall_as_risk_rises():
+    table = grade_table([0, 1, 0, 1], [0.05, 0.3, 0.5, 0.9], [0.2, 0.6], {"base_score": 600, "base_odds": 50, "pdo": 20})
+    assert table.points_high.is_monotonic_decreasing and (table.points_high > table.points_low).all()
+    assert table.points_low.iloc[0] == pytest.approx(scaled_score(0.2), abs=0.05)
+    assert table.points_high.iloc[1] == table.points_low.iloc[0]

@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from pipeline.core import setup_mlflow, target_vector
 from pipeline.evaluate import evaluate_models
 from pipeline.featurize import build_featurizer, split_frame
-from pipeline.registry import CHALLENGER, CHAMPION, Registry, promote, register_candidate, rollback
+from pipeline.registry import CHALLENGER, CHAMPION, Registry, compare_with_champion, promote, register_candidate, rollback
 from pipeline.train import calibrate, log_models, train_models
 from pipeline.validate import validate_frame
 from tests.conftest import BIN
@@ -36,13 +36,14 @@ def setting(raw, params, tmp_path_factory):
     mp.undo()
 
 
-def candidate(setting, models: dict):
-    "Log `models` in an MLflow run, evaluate them as the evaluate stage does; returns (uri, run id, metrics)."
+def register(setting, reg: Registry, models: dict) -> dict:
+    "Log `models` in an MLflow run, evaluate them and compare with the champion as evaluate does, then register."
     p, splits, *_ = setting
     with mlflow.start_run() as run:
         uris = log_models({"models": models, "example": splits["valid"].head(3)})
     metrics, _ = evaluate_models(splits, models, "xgboost", p)
-    return uris["xgboost"], run.info.run_id, metrics
+    comparison = compare_with_champion(reg, splits["test"], p, metrics["auc"])
+    return register_candidate(reg, uris["xgboost"], run.info.run_id, metrics, p, comparison)
 
 
 def one_tree(setting):
@@ -57,12 +58,11 @@ def test_gate_promotes_refuses_and_rollback_restores(setting):
     reg = Registry(p["mlflow"]["registered_model"])
     good = train_models(splits, featurizer, p, progress=False)["models"]
 
-    first = register_candidate(reg, *candidate(setting, good), splits["test"], p)
+    first = register(setting, reg, good)
     assert first["promoted"] and first["verdict"] == "passed every criterion", first
     assert reg.alias(CHAMPION) == first["version"] and reg.alias(CHALLENGER) is None
 
-    worse = register_candidate(reg, *candidate(setting, {"baseline": good["baseline"], "xgboost": one_tree(setting)}),
-                               splits["test"], p)
+    worse = register(setting, reg, {"baseline": good["baseline"], "xgboost": one_tree(setting)})
     assert not worse["promoted"]
     assert reg.alias(CHAMPION) == first["version"] and reg.alias(CHALLENGER) == worse["version"]
     failed = {r["criterion"]: r for r in worse["criteria"] if not r["passed"]}
@@ -73,8 +73,7 @@ def test_gate_promotes_refuses_and_rollback_restores(setting):
         promote(reg, worse["version"], "trying")
 
     p8 = {**p, "train": {**p["train"], "n_trials": 8}}
-    better = register_candidate(reg, *candidate(setting, train_models(splits, featurizer, p8, progress=False)["models"]),
-                                splits["test"], p)
+    better = register(setting, reg, train_models(splits, featurizer, p8, progress=False)["models"])
     assert better["promoted"] and reg.alias(CHAMPION) == better["version"] and better["previous_champion"] == first["version"]
 
     back = rollback(reg, "incident drill")
