@@ -25,9 +25,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 # %% auto #0
-__all__ = ['repo_root', 'load_params', 'stage_cli', 'in_notebook', 'get_logger', 'read_table', 'write_json', 'read_json',
-           'as_code', 'feature_columns', 'target_vector', 'score', 'ks_statistic', 'load_models', 'file_md5',
-           'params_hash', 'git_commit', 'lineage_tags', 'tracking_uri', 'setup_mlflow']
+__all__ = ['repo_root', 'load_params', 'cli_parser', 'stage_cli', 'in_notebook', 'get_logger', 'read_table', 'write_json',
+           'read_json', 'rounded', 'as_code', 'feature_columns', 'target_vector', 'score', 'ks_statistic',
+           'load_models', 'file_md5', 'params_hash', 'git_commit', 'lineage_tags', 'tracking_uri', 'setup_mlflow']
 
 # %% ../nbs/00_core.ipynb #e0f44bc5
 def repo_root(package_dir: str | Path | None = None) -> Path:
@@ -43,12 +43,16 @@ def load_params(path: str | Path = "params.yaml") -> dict:
     if not path.exists() and not path.is_absolute(): path = repo_root() / path
     with open(path) as f: return yaml.safe_load(f)
 
-# %% ../nbs/00_core.ipynb #d268e9df
-def stage_cli(description: str, argv=None) -> argparse.Namespace:
-    "Parse a stage's command line: every stage takes `--params` and answers `--help`."
+# %% ../nbs/00_core.ipynb #29730d67
+def cli_parser(description: str) -> argparse.ArgumentParser:
+    "An argument parser with `--params`, which every command takes (and `--help`)."
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    return parser.parse_args(argv)
+    return parser
+
+def stage_cli(description: str, argv=None) -> argparse.Namespace:
+    "Parse a stage's command line."
+    return cli_parser(description).parse_args(argv)
 
 # %% ../nbs/00_core.ipynb #1d9a0abb
 def in_notebook() -> bool:
@@ -62,7 +66,7 @@ def get_logger(name: str) -> logging.Logger:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return logging.getLogger(name)
 
-# %% ../nbs/00_core.ipynb #0b9d5ef8
+# %% ../nbs/00_core.ipynb #33e7afec
 def read_table(path: str | Path) -> pd.DataFrame:
     "Read a csv or parquet file."
     path = Path(path)
@@ -79,6 +83,10 @@ def write_json(obj, path: str | Path) -> Path:
 def read_json(path: str | Path):
     "Read a JSON file."
     return json.loads(Path(path).read_text())
+
+def rounded(d: dict, digits: int = 6) -> dict:
+    "`d` with its floats rounded (metrics files that diff cleanly)."
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in d.items()}
 
 # %% ../nbs/00_core.ipynb #2400b4d6
 def as_code(values: pd.Series) -> pd.Series:

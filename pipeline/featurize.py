@@ -22,12 +22,10 @@ from .core import (as_code, feature_columns, get_logger, in_notebook, load_param
                            stage_cli, target_vector, write_json)
 
 # %% auto #0
-__all__ = ['SPLITS', 'AGGREGATES', 'MISSING', 'split_frame', 'CreditFeatures', 'categorical_codes', 'build_featurizer',
-           'quantile_edges', 'bin_shares', 'code_shares', 'reference_profile', 'main']
+__all__ = ['AGGREGATES', 'MISSING', 'split_frame', 'engineered_features', 'CreditFeatures', 'categorical_codes',
+           'build_featurizer', 'quantile_edges', 'bin_shares', 'code_shares', 'reference_profile', 'main']
 
-# %% ../nbs/02_featurize.ipynb #ecff942b
-SPLITS = ("train", "valid", "test")
-
+# %% ../nbs/02_featurize.ipynb #c6810d0c
 def split_frame(df: pd.DataFrame, params: dict) -> dict[str, pd.DataFrame]:
     "Stratified, seeded train/valid/test split with the fractions in `featurize`."
     f = params["featurize"]
@@ -38,8 +36,13 @@ def split_frame(df: pd.DataFrame, params: dict) -> dict[str, pd.DataFrame]:
     train, valid = train_test_split(rest, test_size=valid_share, stratify=y_rest, random_state=f["seed"])
     return {"train": train, "valid": valid, "test": test}
 
-# %% ../nbs/02_featurize.ipynb #226ca81c
-AGGREGATES = {"mean": "mean", "max": "max", "min": "min", "sum": "sum", "std": "std"}
+# %% ../nbs/02_featurize.ipynb #134090aa
+AGGREGATES = ("mean", "max", "min", "sum", "std", "count_positive")
+
+def engineered_features(params: dict) -> list[str]:
+    "Names of the ratio and aggregate features declared in `featurize`."
+    f = params["featurize"]
+    return [*(f.get("ratios") or {}), *(f.get("aggregates") or {})]
 
 class CreditFeatures(BaseEstimator, TransformerMixin):
     "Keeps the model's input `columns` and adds the ratio and row-aggregate columns declared in params."
@@ -54,15 +57,16 @@ class CreditFeatures(BaseEstimator, TransformerMixin):
             d = X[den].astype(float)
             X[name] = X[num].astype(float) / d.where(d > 0)
         for name, spec in (self.aggregates or {}).items():
+            if spec["fn"] not in AGGREGATES: raise ValueError(f"aggregate {name}: fn must be one of {AGGREGATES}")
             block = X[spec["cols"]].astype(float)
             X[name] = (block > 0).sum(axis=1).astype(float) if spec["fn"] == "count_positive" \
-                else block.agg(AGGREGATES[spec["fn"]], axis=1)
+                else block.agg(spec["fn"], axis=1)
         return X
 
     def get_feature_names_out(self, input_features=None):
         return np.array([*self.columns, *(self.ratios or {}), *(self.aggregates or {})], dtype=object)
 
-# %% ../nbs/02_featurize.ipynb #b85e6f40
+# %% ../nbs/02_featurize.ipynb #64453a62
 MISSING = "missing"
 
 def categorical_codes(X: pd.DataFrame) -> pd.DataFrame:
@@ -73,7 +77,7 @@ def build_featurizer(params: dict) -> Pipeline:
     "The unfitted feature pipeline: engineered features, imputed numerics, one-hot categoricals."
     f = params["featurize"]
     numeric, categorical = feature_columns(params)
-    engineered = [*(f.get("ratios") or {}), *(f.get("aggregates") or {})]
+    engineered = engineered_features(params)
     onehot = OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=f["min_category_share"],
                            sparse_output=False)
     columns = ColumnTransformer([

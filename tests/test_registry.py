@@ -13,7 +13,8 @@ from sklearn.pipeline import Pipeline
 from pipeline.core import setup_mlflow, target_vector
 from pipeline.evaluate import evaluate_models
 from pipeline.featurize import build_featurizer, split_frame
-from pipeline.registry import CHALLENGER, CHAMPION, Registry, compare_with_champion, promote, register_candidate, rollback
+from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
+                               register_candidate, rollback)
 from pipeline.train import calibrate, log_models, train_models
 from pipeline.validate import validate_frame
 from tests.conftest import BIN
@@ -53,7 +54,7 @@ def one_tree(setting):
     return Pipeline([("features", featurizer), ("model", calibrate(tree, Xv, target_vector(splits["valid"], p), "temperature"))])
 
 
-def test_gate_promotes_refuses_and_rollback_restores(setting):
+def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
     p, splits, featurizer, tmp, env = setting
     reg = Registry(p["mlflow"]["registered_model"])
     good = train_models(splits, featurizer, p, progress=False)["models"]
@@ -86,9 +87,11 @@ def test_gate_promotes_refuses_and_rollback_restores(setting):
     assert lines == reg.audit_log() and all(e["who"] and e["at"] and e["why"] for e in lines)
     with pytest.raises(ValueError, match="no previous champion"):
         rollback(reg, "again")  # history is back to one champion
+    check_operations_commands(setting, refused_version=worse["version"])
 
 
-def test_operations_commands(setting):
+def check_operations_commands(setting, refused_version: str):
+    "The console scripts against the registry the test above built: list, refuse a promotion, export."
     p, splits, featurizer, tmp, env = setting
     (tmp / "params.yaml").write_text(yaml.safe_dump(p))
     cli_env = {**os.environ, **env, "BENTOML_HOME": str(tmp / "bentoml")}
@@ -100,7 +103,7 @@ def test_operations_commands(setting):
         assert run(cmd, "--help").returncode == 0
     listing = run("riskops-models")
     assert listing.returncode == 0 and "champion" in listing.stdout and "refused" in listing.stdout
-    refused = run("riskops-promote", "2", "--reason", "try")
+    refused = run("riskops-promote", str(refused_version), "--reason", "try")
     assert refused.returncode == 2 and "did not pass the gate" in refused.stderr
     exported = run("riskops-export")
     assert exported.returncode == 0, exported.stderr
@@ -108,3 +111,14 @@ def test_operations_commands(setting):
     assert meta["version"] == Registry(p["mlflow"]["registered_model"]).alias(CHAMPION) and meta["gate"] == "passed"
     listed = run("bentoml", "models", "list", "-o", "json")
     assert p["register"]["bento_model"] in listed.stdout
+
+
+def test_gate_refuses_what_it_cannot_assess(params):
+    metrics = {"auc": 0.79, "gini": 0.58, "baseline_gini": 0.5, "ece": 0.01}
+    fair = {"min_disparate_impact_ratio": 0.9, "max_equalized_odds_difference": 0.05}
+    assert all(r["passed"] for r in gate(metrics, params["register"], 0.789, fair, {"worst_auc_drop": 0.01}))
+    unknown = {"min_disparate_impact_ratio": None, "max_equalized_odds_difference": None}
+    results = gate(metrics, params["register"], None, unknown)
+    assert [r["criterion"] for r in results if not r["passed"]] == ["fairness: disparate-impact ratio",
+                                                                    "fairness: equalized-odds difference"]
+    assert "fairness: disparate-impact ratio = nan" in gate_summary(results)

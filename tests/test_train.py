@@ -1,4 +1,7 @@
 import pytest
+from sklearn.metrics import roc_auc_score
+
+from pipeline.core import score, target_vector
 
 from pipeline.featurize import build_featurizer, split_frame
 from pipeline.train import train_models
@@ -20,5 +23,7 @@ def test_training_is_seeded_and_picks_the_better_model(small_splits, small_param
     assert a["study"].best_params == b["study"].best_params
     assert a["valid"] == b["valid"]
     assert len(a["study"].trials) == small_params["train"]["n_trials"]
-    assert a["winner"] == max(a["valid"], key=lambda k: a["valid"][k]["valid_auc"])
-    assert all(0.65 < v["valid_auc"] < 0.85 for v in a["valid"].values())
+    yv = target_vector(small_splits["valid"], small_params)
+    aucs = {name: roc_auc_score(yv, score(m, small_splits["valid"])) for name, m in a["models"].items()}
+    assert aucs == pytest.approx({k: v["valid_auc"] for k, v in a["valid"].items()})
+    assert aucs[a["winner"]] == max(aucs.values()) and all(0.65 < v < 0.85 for v in aucs.values())
