@@ -104,7 +104,7 @@ class Registry:
                          "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
         return pd.DataFrame(rows).sort_values("version", ascending=False, ignore_index=True) if rows else pd.DataFrame()
 
-# %% ../nbs/07_registry.ipynb #54a22146
+# %% ../nbs/07_registry.ipynb #0e146c41
 def load_version(name: str, ref: str):
     "The scoring pipeline of a registered version or alias (`'3'` or `'champion'`)."
     import mlflow
@@ -115,7 +115,13 @@ def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candi
     from sklearn.metrics import roc_auc_score
     champion = reg.alias(CHAMPION)
     if champion is None: return {"champion_version": None}
-    auc = float(roc_auc_score(target_vector(test, params), score(load_version(reg.name, champion), test)))
+    try:
+        auc = float(roc_auc_score(target_vector(test, params), score(load_version(reg.name, champion), test)))
+    except Exception as e:  # e.g. a champion pickled by older code: the gate cannot compare, so it refuses
+        get_logger("registry").warning("champion version %s cannot be scored: %s", champion, e)
+        return {"champion_version": champion, "champion_auc": None, "candidate_auc": candidate_auc,
+                "error": f"the champion could not be scored by this code ({type(e).__name__}: {e}); "
+                         "review and promote with --force if the new model should replace it"}
     return {"champion_version": champion, "champion_auc": auc, "candidate_auc": candidate_auc,
             "auc_difference": candidate_auc - auc}
 
@@ -127,6 +133,7 @@ def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict
     version = mlflow.register_model(model_uri, reg.name).version
     champion = reg.alias(CHAMPION)
     champion_auc = (comparison or {}).get("champion_auc")
+    if (comparison or {}).get("error"): champion_auc = float("nan")  # not comparable: the criterion fails
     results = gate(metrics, params["register"], champion_auc, fairness, robustness)
     verdict = gate_summary(results)
     passed = all(r["passed"] for r in results)
@@ -139,8 +146,8 @@ def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict
         reg.move_alias(CHAMPION, version, "promote", f"gate {verdict}")
         reg.move_alias(CHALLENGER, None, "promote", f"version {version} became champion")
     return {"registered_model": reg.name, "version": version, "promoted": passed, "verdict": verdict,
-            "champion": reg.alias(CHAMPION), "previous_champion": champion, "champion_auc_same_split": champion_auc,
-            "criteria": results}
+            "champion": reg.alias(CHAMPION), "previous_champion": champion, "champion_auc_same_split": (comparison or {}).get("champion_auc"),
+            "criteria": results} | ({"comparison_error": comparison["error"]} if (comparison or {}).get("error") else {})
 
 def promote(reg: Registry, version: str, why: str, force: bool = False) -> dict:
     "Make `version` champion; refused when its recorded gate verdict is not 'passed', unless forced."
@@ -157,7 +164,7 @@ def rollback(reg: Registry, why: str) -> dict:
     if len(history) < 2: raise ValueError(f"no previous champion to roll back to (champion history: {history})")
     return reg.move_alias(CHAMPION, history[-2], "rollback", why)
 
-# %% ../nbs/07_registry.ipynb #e0c1a8b9
+# %% ../nbs/07_registry.ipynb #99446289
 def fairness_section(fairness: dict | None) -> str:
     "Markdown: per protected column, each group's approval rate, TPR, FPR and AUC, and the summary figures."
     if not fairness or not fairness["columns"]: return "No protected columns were assessed."
@@ -198,8 +205,8 @@ decisions on populations, products or periods unlike the training data without r
 - Split: stratified, seeded (seed {f['seed']}): validation {f['valid_size']:.0%}, test {f['test_size']:.0%}
 
 ## Model
-`{m['model']}` in a scikit-learn pipeline: feature pipeline, then the model calibrated on the validation
-split ({params['train']['calibration']}). Inputs: {len(numeric)} numeric ({', '.join(numeric)}),
+`{m['model']}` in a scikit-learn pipeline: feature pipeline, then the model calibrated on scores of rows it
+was not fitted on ({params['train']['calibration']}; out-of-fold scores for the cross-fitted XGBoost). Inputs: {len(numeric)} numeric ({', '.join(numeric)}),
 {len(categorical)} categorical ({', '.join(categorical)}); engineered: {', '.join(engineered) or 'none'}.
 
 ## Test metrics (95% bootstrap intervals, {params['evaluate']['bootstrap']} resamples)
@@ -226,7 +233,7 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 ## Limitations
 - Trained on one issuer's customers in one six-month period; economic conditions, products and
   populations change, so monitor drift (`drift` stage) and revalidate.
-- Scores are calibrated on the validation split only; recalibrate when the default rate moves.
+- Scores are calibrated on the development data's default rate; recalibrate when the default rate moves.
 - Correlation, not causation: reason codes describe the model, not why a customer defaults.
 
 ## Lineage

@@ -18,8 +18,8 @@ def test_shap_values_add_up_to_the_margin(small_splits, small_params):
         recon = explanation.values.sum(axis=1) + explanation.base_values
         assert np.abs(recon - margin).max() < 1e-4, name
     ensemble = uncalibrated(models["xgboost"])[-1]
-    assert isinstance(ensemble, MarginEnsemble) and len(ensemble.members_) == min(
-        small_params["train"]["ensemble_top_k"], small_params["train"]["n_trials"])
+    t = small_params["train"]
+    assert isinstance(ensemble, MarginEnsemble) and len(ensemble.hps) == min(t["ensemble_top_k"], t["n_trials"])
     importance = global_importance(explain_rows(models["xgboost"], rows))
     assert importance.mean_abs_shap.is_monotonic_decreasing and len(importance) == explanation.values.shape[1]
 

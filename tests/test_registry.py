@@ -5,8 +5,8 @@ import os
 import subprocess
 
 import mlflow
+import pandas as pd
 import pytest
-import xgboost as xgb
 import yaml
 from sklearn.pipeline import Pipeline
 
@@ -15,9 +15,9 @@ from pipeline.evaluate import evaluate_models
 from pipeline.featurize import build_featurizer, split_frame
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
                                register_candidate, rollback)
-from pipeline.train import calibrate, log_models, train_models
+from pipeline.train import CalibratedMargin, MarginEnsemble, log_models, train_models
 from pipeline.validate import validate_frame
-from tests.conftest import BIN
+from tests.conftest import BIN, deep_merge
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +49,10 @@ def register(setting, reg: Registry, models: dict) -> dict:
 
 def one_tree(setting):
     p, splits, featurizer, *_ = setting
-    X, Xv = featurizer.transform(splits["train"]), featurizer.transform(splits["valid"])
-    tree = xgb.XGBClassifier(n_estimators=1, max_depth=2).fit(X, target_vector(splits["train"], p))
-    return Pipeline([("features", featurizer), ("model", calibrate(tree, Xv, target_vector(splits["valid"], p), "temperature"))])
+    fit = pd.concat([splits["train"], splits["valid"]])  # cross-fitted like the real model, one depth-2 tree per fold
+    X, y = featurizer.transform(fit), target_vector(fit, p)
+    tree = MarginEnsemble([{"max_depth": 2}], deep_merge(p, {"train": {"max_rounds": 1}}), folds=2).fit(X, y)
+    return Pipeline([("features", featurizer), ("model", CalibratedMargin(tree).fit(None, y, margin=tree.oof_margin_))])
 
 
 def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
