@@ -93,13 +93,16 @@ def build_schema(params: dict, with_target: bool = True) -> pa.DataFrameSchema:
     rules = [_rule_check(r, params) for r in check_rules(params)]
     return pa.DataFrameSchema(cols, checks=rules, unique=list(cols) if dup else None, report_duplicates="exclude_first")
 
-# %% ../nbs/01_validate.ipynb #e980b88d
-def _rule(case) -> str:
-    if case["schema_context"] == "DataFrameSchema" and case["check"] != "multiple_fields_uniqueness": return case["check"]
-    if case["check"] == "multiple_fields_uniqueness": return "duplicate row"
-    if case["check"] == "field_uniqueness": return f"{case['column']}: duplicate id"
-    if case["check"] == "not_nullable": return f"{case['column']}: missing value"
-    return f"{case['column']}: {case['check']}"
+# %% ../nbs/01_validate.ipynb #332c2509
+def _rules(cases: pd.DataFrame) -> pd.Series:
+    "Each failure case's rule name, vectorised (a damaged file can have a failure case per cell)."
+    column, check = cases["column"].astype(str), cases["check"].astype(str)
+    frame_level = (cases["schema_context"] == "DataFrameSchema") & (check != "multiple_fields_uniqueness")
+    named = {"multiple_fields_uniqueness": "duplicate row", "field_uniqueness": "duplicate id", "not_nullable": "missing value"}
+    rule = column + ": " + check.replace(named)
+    rule[check == "multiple_fields_uniqueness"] = "duplicate row"
+    rule[frame_level] = check[frame_level]
+    return rule
 
 def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd.Series:
     "The rules each failing row broke, joined by '; ', indexed like `df`."
@@ -111,9 +114,9 @@ def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd
         return pd.Series(dtype=object)
     except pa.errors.SchemaErrors as e:
         cases = e.failure_cases.dropna(subset=["index"])
-    rules = cases.apply(_rule, axis=1).rename("rule")
     rows = pd.Index(cases["index"]).astype(df.index.dtype)
-    return rules.groupby(rows.to_numpy()).agg(lambda r: "; ".join(dict.fromkeys(r)))
+    pairs = pd.DataFrame({"row": rows.to_numpy(), "rule": _rules(cases).to_numpy()}).drop_duplicates()
+    return pairs.groupby("row", sort=True)["rule"].agg("; ".join).rename_axis(None)
 
 # %% ../nbs/01_validate.ipynb #414d874e
 def clean_types(df: pd.DataFrame, params: dict) -> pd.DataFrame:
