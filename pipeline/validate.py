@@ -170,7 +170,7 @@ def check_gate(report: dict) -> None:
     "Raise `DataQualityError` with the summary when the report fails the gate."
     if not report["passed"]: raise DataQualityError("validation failed: " + summary(report))
 
-# %% ../nbs/01_validate.ipynb #c55f8271
+# %% ../nbs/01_validate.ipynb #da2f7437
 CSS = ("body{font-family:sans-serif;margin:2em;max-width:70em} table{border-collapse:collapse;margin:1em 0}"
        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right} th{background:#eee}"
        ".ok{color:#1a7f37} .bad{color:#cf222e} img{margin:4px}")
@@ -185,7 +185,7 @@ def validation_html(report: dict, quarantine: pd.DataFrame, max_rows: int = 50) 
     "The validation report as a page: verdict, balance, rules, and the first `max_rows` quarantined rows."
     verdict = "passed" if report["passed"] else "FAILED"
     head = (f"<p class='{'ok' if report['passed'] else 'bad'}'><b>Gate {verdict}</b>: "
-            f"{html.escape(summary(report)).splitlines()[0]}</p><p>{html.escape(report['balance'])}</p>")
+            f"{html.escape(summary(report)).splitlines()[0].rstrip(':')}</p><p>{html.escape(report['balance'])}</p>")
     rules = pd.DataFrame({"rows": report["rules"], "share": report["rule_shares"],
                           "threshold": report["rule_max_share"]}).rename_axis("rule")
     rules["over threshold"] = rules.index.isin(report["failed_rules"])
