@@ -188,3 +188,26 @@ def test_webhook_gives_up_within_its_time_budget_and_never_raises(hook_server):
     assert time.monotonic() - start < 1.5
     dead = post_webhook("http://127.0.0.1:9/", {"x": 1}, retries=2, backoff_s=0.01, timeout_s=0.5, max_total_s=2)
     assert dead["delivered"] is False and dead["attempts"] == 3 and dead["error"]
+
+
+def test_a_batch_without_valid_rows_is_refused_naming_the_rule(world, params):
+    s, profile, model = world
+    with pytest.raises(ValueError, match="no valid rows in the batch: .*AGE: missing column"):
+        drift_report(profile, s["train"], s["test"].drop(columns=["AGE"]), model, params)
+
+
+def test_webhook_does_not_retry_a_client_error(hook_server):
+    server, url = hook_server
+    Hook.fail = 100
+    orig = Hook.do_POST
+
+    def client_error(self):
+        type(self).bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(400)
+        self.end_headers()
+    Hook.do_POST = client_error
+    try:
+        result = post_webhook(url, {"x": 1}, retries=3, backoff_s=0.01)
+    finally:
+        Hook.do_POST = orig
+    assert result == {"delivered": False, "attempts": 1, "error": "HTTP 400"} and len(Hook.bodies) == 1
