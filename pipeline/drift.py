@@ -28,8 +28,9 @@ from .validate import html_page, validate_frame
 
 # %% auto #0
 __all__ = ['EPS', 'LEVELS', 'psi', 'status', 'code_counts', 'numeric_test', 'ks_test', 'chi2_test', 'js_distance',
-           'feature_drift', 'score_psi', 'expected_auc', 'performance', 'labels', 'performance_drift', 'drift_report',
-           'alert_records', 'webhook_url', 'post_webhook', 'send_alerts', 'histogram_png', 'drift_html', 'main']
+           'feature_drift', 'score_bins', 'score_psi', 'expected_auc', 'performance', 'labels', 'performance_drift',
+           'drift_report', 'alert_records', 'webhook_url', 'post_webhook', 'send_alerts', 'histogram_png', 'drift_html',
+           'main']
 
 # %% ../nbs/06_drift.ipynb #3abc7382
 EPS = 1e-4
@@ -91,7 +92,7 @@ def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
     "Jensen-Shannon distance of two share vectors, base 2 (0 identical, 1 disjoint)."
     return float(jensenshannon(reference, current, base=2)) if np.sum(current) > 0 else np.nan
 
-# %% ../nbs/06_drift.ipynb #b76cadee
+# %% ../nbs/06_drift.ipynb #3ad8a077
 def _numeric_drift(spec: dict, reference: np.ndarray, current: np.ndarray) -> dict:
     shares, ks, ks_p = numeric_test(reference, current, spec["edges"])
     return {"shares": shares, "ks": ks, "ks_pvalue": ks_p, "chi2": np.nan, "chi2_pvalue": np.nan}
@@ -119,10 +120,16 @@ def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame,
     table.attrs["shares"] = shares
     return table
 
+def score_bins(reference_scores: np.ndarray, current_scores: np.ndarray, bins: int) -> dict:
+    "Quantile bins of the reference scores, and the reference and batch shares in them (a profile entry)."
+    edges = quantile_edges(pd.Series(reference_scores), bins)
+    return {"kind": "numeric", "edges": edges, "shares": bin_shares(reference_scores, edges).tolist(),
+            "current": bin_shares(current_scores, edges)}
+
 def score_psi(reference_scores: np.ndarray, current_scores: np.ndarray, bins: int) -> float:
     "PSI of the model score, with quantile bins of the reference scores."
-    edges = quantile_edges(pd.Series(reference_scores), bins)
-    return psi(bin_shares(reference_scores, edges), bin_shares(current_scores, edges))
+    b = score_bins(reference_scores, current_scores, bins)
+    return psi(np.asarray(b["shares"]), b["current"])
 
 # %% ../nbs/06_drift.ipynb #21ae94e0
 def expected_auc(p: np.ndarray) -> float:
@@ -164,7 +171,7 @@ def performance_drift(model, baseline: pd.DataFrame, current: pd.DataFrame, para
                                  else "stable")
     return out
 
-# %% ../nbs/06_drift.ipynb #6aa2f8cd
+# %% ../nbs/06_drift.ipynb #41970f0b
 def drift_report(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, model, params: dict,
                  baseline: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
     """Feature table and summary: validated batch, feature and score drift, performance drift (labels) or its
@@ -172,7 +179,9 @@ def drift_report(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, 
     valid, _, validation = validate_frame(current, params, with_target=False)
     if len(valid) == 0: raise ValueError(f"no valid rows in the batch: {validation['rules']}")
     table = feature_drift(profile, reference, valid, params)
-    s_psi = score_psi(score(model, reference), score(model, valid), params["drift"]["bins"])
+    scores = score_bins(score(model, reference), score(model, valid), params["drift"]["bins"])
+    table.attrs["score"] = scores
+    s_psi = psi(np.asarray(scores["shares"]), scores["current"])
     perf = performance_drift(model, reference if baseline is None else baseline, valid, params)
     overall = max([*table.status, status(s_psi, params), perf["performance_status"]], key=LEVELS.index)
     summary = {"status": overall, "score_psi": s_psi, "score_status": status(s_psi, params),
@@ -242,7 +251,7 @@ def send_alerts(alerts: list[dict], summary: dict, params: dict) -> dict:
     return {"configured": True, "sent": True} | post_webhook(
         url, payload, w.get("retries", 4), w.get("backoff_s", 0.5), w.get("timeout_s", 5.0), w.get("max_total_s", 20.0))
 
-# %% ../nbs/06_drift.ipynb #02566847
+# %% ../nbs/06_drift.ipynb #ded1441e
 def _bin_labels(spec: dict) -> list[str]:
     if spec["kind"] == "categorical": return [*spec["codes"], "other", "missing"]
     e = [f"{x:g}" for x in spec["edges"]]
@@ -272,8 +281,10 @@ def drift_html(profile: dict, table: pd.DataFrame, summary: dict, alerts: list[d
     shown["status"] = [f"<b style='color:{colour[s]}'>{s}</b>" for s in table.status]
     alert_html = pd.DataFrame(alerts).to_html(index=False) if alerts else "<p>No alerts.</p>"
     shares = table.attrs.get("shares", {})
-    images = "".join(f"<img alt='{f}' src='data:image/png;base64,{histogram_png(f, profile[f], shares[f])}'>"
-                     for f in table.index if f in shares)
+    charts = [(f, profile[f], shares[f]) for f in table.index if f in shares]
+    if "score" in table.attrs: charts.insert(0, ("model score", table.attrs["score"], table.attrs["score"]["current"]))
+    images = "".join(f"<img alt='{name}' src='data:image/png;base64,{histogram_png(name, spec, cur)}'>"
+                     for name, spec, cur in charts)
     return html_page(f"Drift report: {summary['status']}", [
         ("Summary", facts.to_frame("value").to_html(header=False)), ("Alerts", alert_html),
         ("Features", shown.to_html(escape=False, na_rep="", float_format=lambda x: f"{x:.4g}")), ("Reference vs batch, per feature", images)])
