@@ -41,6 +41,9 @@ def params_for(base: dict) -> dict:
                     "protected": ["age"], "drop": []}
     p["featurize"] = {**base["featurize"], "ratios": {"debt_to_income": ["debt", "income"]},
                       "aggregates": {"late_total": {"fn": "sum", "cols": ["late_0", "late_1", "late_2"]}}}
+    p["validate"] = {**base["validate"], "rules": [{"name": "debt within 2x income", "expr": "debt <= 2 * income"}],
+                     "rule_max_share": {}}
+    p["batches"] = {**base["batches"], "shifts": {"income": {"scale": 0.6}, "region": {"set": "north", "share": 0.5}}}
     p["train"] = {**base["train"], "n_trials": 3, "max_rounds": 300}
     p["explain"] = {**base["explain"], "sample_rows": 200}
     return p
@@ -66,3 +69,5 @@ def test_pipeline_runs_on_a_generated_dataset(tmp_path, root):
     drift = json.loads((repo / "metrics/drift.json").read_text())
     assert set(drift["features"]) == {"income", "debt", "age", "late_0", "late_1", "late_2", "region", "employment"}
     assert drift["features"]["region"]["psi"] < 0.1
+    sudden = pd.read_parquet(repo / "data/batches/sudden/month_06.parquet")
+    assert (sudden["region"] == "north").mean() > 0.5 and (sudden["age"] <= 100).all()

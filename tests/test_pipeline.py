@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import file_md5
 from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
 
-STAGES = ["validate", "featurize", "train", "evaluate", "register", "explain", "drift"]
+STAGES = ["validate", "featurize", "train", "evaluate", "register", "explain", "batches", "drift"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_repro_runs_every_stage_and_writes_outputs(small_repo):
         assert f"Running stage '{stage}'" in proc.stdout
     for out in ["data/validated/data.parquet", "data/quarantine/rows.csv", "data/split/test.parquet",
                 "models/featurizer.joblib", "models/xgboost.joblib", "plots/roc/xgboost.csv",
-                "plots/shap/beeswarm.png", "reports/shap_importance.csv", "reports/drift.csv"]:
+                "plots/shap/beeswarm.png", "reports/shap_importance.csv", "reports/drift.csv", "reports/validation.html",
+                "reports/drift.html", "reports/alerts.json", "data/batches/sudden/month_06.parquet"]:
         assert (repo / out).stat().st_size > 0, out
     validation = json.loads((repo / "reports/validation.json").read_text())
     assert validation["rows_in"] == 4000 == validation["rows_passed"] + validation["rows_quarantined"]
@@ -88,3 +89,19 @@ def test_retraining_with_same_params_gives_same_metrics(small_repo):
     before = (repo / "metrics/evaluate.json").read_text()
     run("dvc repro -f -s train && dvc repro", repo, env)
     assert (repo / "metrics/evaluate.json").read_text() == before
+
+
+def test_exp_run_switches_the_drift_batch(small_repo):
+    repo, env, _ = small_repo
+    run("git checkout -- params.yaml && dvc repro", repo, env)
+    batch = "data/batches/sudden/month_06.parquet"
+    exp = run(["dvc", "exp", "run", "-S", f"drift.current={batch}"], repo, env).stdout
+    assert {s for s in STAGES if f"Running stage '{s}'" in exp} == {"drift"}, exp
+    drift = json.loads((repo / "metrics/drift.json").read_text())
+    alerts = json.loads((repo / "reports/alerts.json").read_text())
+    assert drift["batch"] == batch and drift["status"] == "alert" and drift["features"]["AGE"]["status"] == "alert"
+    assert "AGE" in {a["name"] for a in alerts["alerts"]} and alerts["webhook"] == {"configured": False}
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    exp_id = client.get_experiment_by_name(load_yaml(repo / "params.yaml")["mlflow"]["experiment"]).experiment_id
+    runs = client.search_runs([exp_id], f"tags.batch = '{batch}'")
+    assert len(runs) == 1 and runs[0].data.metrics["psi.AGE"] == pytest.approx(drift["features"]["AGE"]["psi"], abs=1e-5)

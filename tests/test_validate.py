@@ -88,3 +88,68 @@ def test_stage_cli_exits_nonzero_with_summary_and_writes_quarantine(raw, params,
     assert "validation failed" in proc.stderr and "PAY_AMT1: min 0: 300 rows" in proc.stderr
     quarantine = pd.read_csv(tmp_path / "data/quarantine/rows.csv")
     assert len(quarantine) >= 300 and (quarantine["_rule"].str.contains("PAY_AMT1: min 0")).sum() == 300
+    page = (tmp_path / "reports/validation.html").read_text()
+    assert "Gate FAILED" in page and "PAY_AMT1: min 0" in page
+
+
+def test_five_percent_corrupt_rows_are_quarantined_row_by_row_with_the_rule_named(raw, params):
+    df = raw.head(4000).drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(5)
+    rows = rng.choice(len(df), size=len(df) // 20, replace=False)
+    kinds = np.array_split(rows, 4)
+    df = df.astype({"LIMIT_BAL": object})
+    df.loc[kinds[0], "AGE"] = 7
+    df.loc[kinds[1], "LIMIT_BAL"] = "unknown"
+    df.loc[kinds[2], "MARRIAGE"] = 9
+    df.loc[kinds[3], "BILL_AMT2"] = 100 * pd.to_numeric(df.loc[kinds[3], "LIMIT_BAL"])
+    valid, quarantine, report = validate_frame(df, params)
+    expected = {**dict.fromkeys(kinds[0], "AGE: min 18"), **dict.fromkeys(kinds[1], "LIMIT_BAL: numeric type"),
+                **dict.fromkeys(kinds[2], "MARRIAGE: allowed codes"), **dict.fromkeys(kinds[3], "bill within 12x limit")}
+    assert quarantine.set_index("_row")["_rule"].to_dict() == expected
+    assert sorted(valid.index.tolist() + quarantine["_row"].tolist()) == list(range(len(df)))  # nothing lost
+    assert report["rows_in"] == len(df) == report["rows_passed"] + report["rows_quarantined"]
+    assert report["balance"] == f"{len(df)} rows in = {len(valid)} passed + {len(rows)} quarantined"
+    assert report["bad_share"] == pytest.approx(0.05, abs=1e-3) and report["passed"] is False
+    assert report["failed_rules"] == ["bill within 12x limit"]  # its own threshold (0.1%) is stricter than 5%
+
+
+def test_cross_column_rules_from_params(raw, params):
+    df = raw.head(300).copy()
+    df.loc[1, "BILL_AMT1"] = np.nan
+    df.loc[2, "PAY_AMT1"] = 3 * df.loc[2, "LIMIT_BAL"]
+    rule = {"name": "payment within limit", "expr": "PAY_AMT1 <= 2 * LIMIT_BAL and EDUCATION != '9'"}
+    p = {**params, "columns": {**params["columns"], "numeric": {**params["columns"]["numeric"], "BILL_AMT1": {"nullable": True}}},
+         "validate": {**params["validate"], "rules": [*params["validate"]["rules"], rule]}}
+    valid, quarantine, report = validate_frame(df, p)
+    assert quarantine.set_index("_row")["_rule"].to_dict() == {2: "payment within limit"}
+    assert 1 in valid.index  # a missing value in a rule's column is left to `nullable`
+    for expr, message in [("NOPE > 1", "validate.rules 'r': cannot evaluate `NOPE > 1`"),
+                          ("LIMIT_BAL * 2", "must give true/false per row")]:
+        bad = {**params, "validate": {**params["validate"], "rules": [{"name": "r", "expr": expr}]}}
+        with pytest.raises(ValueError, match=message):
+            validate_frame(df, bad)
+    with pytest.raises(ValueError, match=r"validate.rules\[0\]: each rule needs a `name` and an `expr`"):
+        validate_frame(df, {**params, "validate": {**params["validate"], "rules": ["BILL_AMT1 > 0"]}})
+
+
+def test_rule_thresholds_decide_the_gate(raw, params):
+    df = raw.head(1000).copy()
+    df.loc[:19, "AGE"] = 150  # 2% of rows: under the overall 5%
+    _, _, report = validate_frame(df, params)
+    assert report["passed"] and report["rule_max_share"]["AGE: max 120"] == params["validate"]["max_bad_share"]
+    strict = {**params, "validate": {**params["validate"], "rule_max_share": {"AGE: max 120": 0.01}}}
+    _, _, report = validate_frame(df, strict)
+    assert not report["passed"] and report["failed_rules"] == ["AGE: max 120"]
+    with pytest.raises(DataQualityError, match=r"AGE: max 120: 20 rows \(over its threshold\)"):
+        check_gate(report)
+
+
+def test_html_report_is_self_contained_and_lists_rules_and_rows(raw, params):
+    from pipeline.validate import validation_html
+    df = raw.head(500).copy()
+    df.loc[[3, 4], "SEX"] = 7
+    _, quarantine, report = validate_frame(df, params)
+    page = validation_html(report, quarantine)
+    assert page.startswith("<!DOCTYPE html>") and "SEX: allowed codes" in page and "Gate passed" in page
+    assert "500 rows in = 498 passed + 2 quarantined" in page and "<script" not in page and "http" not in page
+    assert page.count("</tr>") >= 1 + 1 + 1 + 2  # header and rows of both tables
