@@ -28,7 +28,7 @@ __all__ = ['CURVES', 'METRICS', 'TEMPLATE', 'known_versions', 'resolve_version',
            'drift_histograms', 'score_histogram', 'realised_performance', 'alerts_table', 'to_html', 'report_notebook',
            'run_report', 'report_cli', 'main']
 
-# %% ../nbs/12_report.ipynb #a9a02c4a
+# %% ../nbs/12_report.ipynb #958d7bdf
 def known_versions(reg: Registry) -> str:
     "The registry's versions and aliases in words, for error messages."
     from mlflow.exceptions import MlflowException
@@ -48,7 +48,7 @@ def resolve_version(reg: Registry, ref: str, registry_json: str | Path = "models
             raise ValueError(f"--version current: {registry_json} not found; run the pipeline (dvc repro) first")
         ref = str(read_json(registry_json)["version"])
     if ref.isdigit():
-        try: return reg.client.get_model_version(reg.name, ref).version
+        try: return str(reg.client.get_model_version(reg.name, ref).version)
         except MlflowException: raise ValueError(f"--version {ref}: no such version of {where} ({known_versions(reg)})") from None
     version = reg.alias(ref)
     if version is None:

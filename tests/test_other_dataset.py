@@ -66,3 +66,5 @@ def test_pipeline_runs_on_a_generated_dataset(tmp_path, root):
     drift = json.loads((repo / "metrics/drift.json").read_text())
     assert set(drift["features"]) == {"income", "debt", "age", "late_0", "late_1", "late_2", "region", "employment"}
     assert drift["features"]["region"]["psi"] < 0.1
+    report = (repo / "reports/model_report.html").read_text()  # the report stage on string codes and a good/bad target
+    assert "ROC AUC" in report and f"{metrics['auc']:.4f}" in report and "<strong>age</strong>" in report
