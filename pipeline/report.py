@@ -147,14 +147,15 @@ def model_evidence(reg: Registry, version: str, params: dict) -> dict:
                        "version_tags": dict(mv.tags), "run_tags": dict(reg.client.get_run(mv.run_id).data.tags),
                        "created": pd.Timestamp(mv.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M UTC")}
 
-# %% ../nbs/12_report.ipynb #4a30ffd6
+# %% ../nbs/12_report.ipynb #cb104e4c
 def previous_champion(reg: Registry, version: str) -> str | None:
     "The champion before `version` became champion; for a version that never was, the current champion."
     history = [str(v) for v in reg.champion_history()]
     if str(version) in history:
         i = len(history) - 1 - history[::-1].index(str(version))
         return history[i - 1] if i > 0 else None
-    return reg.alias(CHAMPION)
+    champion = reg.alias(CHAMPION)
+    return None if champion is None else str(champion)
 
 def champion_comparison(reg: Registry, version: str, metrics: dict) -> pd.DataFrame:
     "Test metrics of `version` beside the previous champion's (from its MLflow run)."

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.report import alerts_table, metrics_table, share_table
+from pipeline.report import alerts_table, metrics_table, realised_performance, share_table
 from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
 
 IMG = re.compile(r'<img[^>]+src="data:image/png;base64,([^"]+)"')
@@ -128,12 +128,14 @@ def test_another_version_is_rescored_on_the_current_test_split(repo, monkeypatch
     from pipeline.core import setup_mlflow
     from pipeline.registry import Registry
     from pipeline.report import champion_comparison, model_evidence, previous_champion, resolve_version
+    from pipeline.train import log_models
     repo, env, params, _ = repo
     monkeypatch.chdir(repo)
     for k, v in env.items(): monkeypatch.setenv(k, v)
     setup_mlflow(params)
     with mlflow.start_run(run_name="another"):
-        uri = mlflow.sklearn.log_model(joblib.load("models/baseline.joblib"), name="baseline").model_uri
+        uri = log_models({"models": {"baseline": joblib.load("models/baseline.joblib")},
+                          "example": pd.read_parquet("data/split/valid.parquet").head(3)})["baseline"]
     reg = Registry(params["mlflow"]["registered_model"])
     version = mlflow.register_model(uri, reg.name).version
     assert resolve_version(reg, version) == str(version) and resolve_version(reg, "current") == "1"
@@ -166,6 +168,16 @@ def test_html_renders_in_headless_chromium(repo, drift_html, tmp_path, name):
     colours = np.unique(page.reshape(-1, 3) // 16, axis=0)  # coarse colours: text alone gives only greys
     assert len(colours) > 50, len(colours)
     assert (page.reshape(-1, 3).std(axis=0) > 20).all()  # not a blank page
+
+
+def test_realised_performance_needs_complete_labels(params):
+    y = np.array([0, 1] * 50)
+    batch = pd.DataFrame({params["data"]["target"]: np.where(y == 1, params["data"]["positive"], 0)})
+    table = realised_performance(batch, y * 0.8 + 0.1, params, {"auc": 0.78, "ks": 0.42})
+    assert table.loc["AUC", "batch"] == 1.0 and table.loc["KS", "batch"] == 1.0 and table.loc["AUC", "test split (evaluate)"] == 0.78
+    assert realised_performance(batch.drop(columns=params["data"]["target"]), y, params) is None
+    batch.iloc[0, 0] = None
+    assert realised_performance(batch, y, params) is None
 
 
 def test_helpers_on_small_inputs():
