@@ -219,7 +219,7 @@ def robustness_frame(robustness: dict | None) -> pd.DataFrame:
     if not robustness: return pd.DataFrame()
     return (pd.DataFrame(robustness["scenarios"]).T.rename_axis("scenario").sort_values("auc_drop", ascending=False))
 
-# %% ../nbs/12_report.ipynb #46aa6420
+# %% ../nbs/12_report.ipynb #3aa4d138
 def share_table(profile_entry: dict, values: pd.Series) -> pd.DataFrame:
     "Reference and batch shares per bin (numeric) or code (categorical) of one feature, with bin labels."
     if profile_entry["kind"] == "numeric":
@@ -272,12 +272,12 @@ def realised_performance(batch: pd.DataFrame, scores, params: dict, test_metrics
     if target not in batch or batch[target].isna().any(): return None
     y = target_vector(batch, params)
     both = 0 < y.mean() < 1
-    rows = {"rows": len(y), "default rate": float(y.mean()),
+    rows = {"default rate": float(y.mean()),
             "AUC": float(roc_auc_score(y, scores)) if both else np.nan,
             "KS": ks_statistic(y, scores) if both else np.nan}
     test = test_metrics or {}
-    reference = {"rows": np.nan, "default rate": np.nan, "AUC": test.get("auc", np.nan), "KS": test.get("ks", np.nan)}
-    return pd.DataFrame({"batch": rows, "test split (evaluate)": reference})
+    reference = {"default rate": test.get("default_rate", np.nan), "AUC": test.get("auc", np.nan), "KS": test.get("ks", np.nan)}
+    return pd.DataFrame({f"batch ({len(y):,} rows)": rows, "test split (evaluate)": reference})
 
 def alerts_table(table: pd.DataFrame, summary: dict) -> pd.DataFrame:
     "Features and the score whose status is alert or monitor, worst first."

@@ -174,7 +174,9 @@ def test_realised_performance_needs_complete_labels(params):
     y = np.array([0, 1] * 50)
     batch = pd.DataFrame({params["data"]["target"]: np.where(y == 1, params["data"]["positive"], 0)})
     table = realised_performance(batch, y * 0.8 + 0.1, params, {"auc": 0.78, "ks": 0.42})
-    assert table.loc["AUC", "batch"] == 1.0 and table.loc["KS", "batch"] == 1.0 and table.loc["AUC", "test split (evaluate)"] == 0.78
+    assert table.columns.tolist() == ["batch (100 rows)", "test split (evaluate)"]
+    assert table.loc["AUC"].tolist() == [1.0, 0.78] and table.loc["KS"].tolist() == [1.0, 0.42]
+    assert table.loc["default rate"].iloc[0] == 0.5
     assert realised_performance(batch.drop(columns=params["data"]["target"]), y, params) is None
     batch.iloc[0, 0] = None
     assert realised_performance(batch, y, params) is None
