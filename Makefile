@@ -1,5 +1,5 @@
 # Two commands on a fresh machine (Python 3.11, CPU):
-#   make repro   install everything into .venv, then run the pipeline end to end (dvc repro)
+#   make repro   install everything into .venv (and Debian's chromium when missing), then run the pipeline end to end (dvc repro)
 #   make test    install everything into .venv, then run the test suite (unit, integration, notebooks)
 PYTHON ?= python3.11
 VENV   ?= .venv

@@ -147,6 +147,10 @@ def test_another_version_is_rescored_on_the_current_test_split(repo, monkeypatch
     assert previous_champion(reg, str(version)) == "1"
     table = champion_comparison(reg, str(version), ev["metrics"])
     assert table.loc["ROC AUC", "difference"] == pytest.approx(evaluated["baseline_auc"] - evaluated["auc"], abs=1e-6)
+    report(repo, env, "model", "--version", str(version))  # the notebook on this path too
+    html = (repo / f"reports/model_report_v{version}.html").read_text()
+    assert "rescored on the current test split" in html and "No SHAP importance recorded" in html
+    assert f"{evaluated['baseline_auc']:.4f}" in html and len(images(html)) == 1
 
 
 def chromium() -> str:
