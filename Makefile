@@ -23,8 +23,8 @@ chromium:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's chromium (headless rendering of the HTML reports)"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
-		{ apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
+		apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "could not install chromium: the report rendering test will fail (apt-get install chromium)"; \
 	else \
 		echo "chromium not found: install Debian's chromium package (sudo apt-get install chromium) for the report rendering test"; \
