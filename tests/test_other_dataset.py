@@ -71,3 +71,5 @@ def test_pipeline_runs_on_a_generated_dataset(tmp_path, root):
     assert drift["features"]["region"]["psi"] < 0.1
     sudden = pd.read_parquet(repo / "data/batches/sudden/month_06.parquet")
     assert (sudden["region"] == "north").mean() > 0.5 and (sudden["age"] <= 100).all()
+    report = (repo / "reports/model_report.html").read_text()  # the report stage on string codes and a good/bad target
+    assert "ROC AUC" in report and f"{metrics['auc']:.4f}" in report and "<strong>age</strong>" in report

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core import file_md5
 from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
 
-STAGES = ["validate", "featurize", "train", "evaluate", "register", "explain", "batches", "drift"]
+STAGES = ["validate", "featurize", "train", "evaluate", "register", "explain", "report", "batches", "drift"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def test_repro_runs_every_stage_and_writes_outputs(small_repo):
     for out in ["data/validated/data.parquet", "data/quarantine/rows.csv", "data/split/test.parquet",
                 "models/featurizer.joblib", "models/xgboost.joblib", "plots/roc/xgboost.csv",
                 "plots/shap/beeswarm.png", "reports/shap_importance.csv", "reports/drift.csv", "reports/validation.html",
-                "reports/drift.html", "reports/alerts.json", "data/batches/sudden/month_06.parquet"]:
+                "reports/drift.html", "reports/alerts.json", "data/batches/sudden/month_06.parquet",
+                "reports/model_report.html"]:
         assert (repo / out).stat().st_size > 0, out
     validation = json.loads((repo / "reports/validation.json").read_text())
     assert validation["rows_in"] == 4000 == validation["rows_passed"] + validation["rows_quarantined"]
@@ -80,7 +81,7 @@ def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
     exp = run(["dvc", "exp", "run", "-S", "train.n_trials=2"], repo, env).stdout
     ran = {s for s in STAGES if f"Running stage '{s}'" in exp}
-    assert ran == {"train", "evaluate", "register", "explain", "drift"}, exp
+    assert ran == {"train", "evaluate", "register", "explain", "report", "drift"}, exp
 
 
 def test_retraining_with_same_params_gives_same_metrics(small_repo):
