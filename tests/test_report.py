@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.report import alerts_table, metrics_table, realised_performance, share_table
+from pipeline.report import metrics_table, performance_table
 from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
 
 IMG = re.compile(r'<img[^>]+src="data:image/png;base64,([^"]+)"')
@@ -114,11 +114,12 @@ def drift_html(repo, tmp_path_factory):
 
 def test_drift_report_shows_the_shift_histograms_and_realised_performance(drift_html, repo):
     column, html = drift_html
+    params = repo[2]
     assert "<strong>alert</strong>" in html and "Realised on the batch" in html and f">{column}<" in html
     table = re.search(r"Drift per feature.*?</table>", html, re.S).group(0)
     assert "psi" in table and "ks_pvalue" in table
     pngs = images(html)
-    assert len(pngs) == 2 and all(min(p.size) > 100 for p in pngs)
+    assert len(pngs) == 1 + params["report"]["histograms"] and all(min(p.size) > 100 for p in pngs)
 
 
 def test_another_version_is_rescored_on_the_current_test_split(repo, monkeypatch):
@@ -169,21 +170,10 @@ def test_html_renders_in_headless_chromium(repo, drift_html, tmp_path, name):
                    capture_output=True, timeout=120, check=True)
     page = np.asarray(Image.open(shot).convert("RGB"))
     assert page.shape[:2] == (4000, 1280)
-    colours = np.unique(page.reshape(-1, 3) // 16, axis=0)  # coarse colours: text alone gives only greys
-    assert len(colours) > 50, len(colours)
+    pixels = page.reshape(-1, 3).astype(int)
+    saturated = (pixels.max(axis=1) - pixels.min(axis=1)) > 80  # the plots' colours: text and tables are greys
+    assert saturated.sum() > 5000, saturated.sum()
     assert (page.reshape(-1, 3).std(axis=0) > 20).all()  # not a blank page
-
-
-def test_realised_performance_needs_complete_labels(params):
-    y = np.array([0, 1] * 50)
-    batch = pd.DataFrame({params["data"]["target"]: np.where(y == 1, params["data"]["positive"], 0)})
-    table = realised_performance(batch, y * 0.8 + 0.1, params, {"auc": 0.78, "ks": 0.42})
-    assert table.columns.tolist() == ["batch (100 rows)", "test split (evaluate)"]
-    assert table.loc["AUC"].tolist() == [1.0, 0.78] and table.loc["KS"].tolist() == [1.0, 0.42]
-    assert table.loc["default rate"].iloc[0] == 0.5
-    assert realised_performance(batch.drop(columns=params["data"]["target"]), y, params) is None
-    batch.iloc[0, 0] = None
-    assert realised_performance(batch, y, params) is None
 
 
 def test_helpers_on_small_inputs():
@@ -191,11 +181,9 @@ def test_helpers_on_small_inputs():
     assert t.loc["Gini", "95% low"] == pytest.approx(0.56) and t.loc["ROC AUC", "baseline"] == 0.75
     with pytest.raises(ValueError, match="no test metrics"):
         metrics_table({"model": "x"})
-    numeric = share_table({"kind": "numeric", "edges": [1.0, 2.0], "shares": [0.3, 0.3, 0.4, 0.0]},
-                          pd.Series([0.5, 1.5, 2.5, None]))
-    assert numeric.bin.tolist() == ["< 1", "1 – 2", ">= 2", "missing"] and numeric.batch.tolist() == [0.25] * 4
-    codes = share_table({"kind": "categorical", "codes": ["1", "2"], "shares": [0.5, 0.5, 0, 0]}, pd.Series([1, 3]))
-    assert codes.batch.tolist() == [0.5, 0, 0.5, 0]
-    table = pd.DataFrame({"psi": [0.3, 0.15, 0.01], "status": ["alert", "monitor", "stable"]}, index=list("abc"))
-    flagged = alerts_table(table, {"score_psi": 0.4, "score_status": "alert"})
-    assert flagged.index.tolist() == ["(model score)", "a", "b"]
+    labelled = {"reference_auc": 0.78, "current_auc": 0.7, "reference_expected_auc": 0.77, "current_expected_auc": 0.75,
+                "reference_default_rate": 0.22, "current_default_rate": 0.3}
+    t = performance_table(labelled)
+    assert t.index.tolist() == ["AUC", "default rate", "expected AUC (CBPE)"] and t.loc["AUC"].tolist() == [0.78, 0.7]
+    unlabelled = performance_table({"reference_auc": 0.78, "current_expected_auc": 0.75, "reference_expected_auc": 0.77})
+    assert unlabelled.index.tolist() == ["expected AUC (CBPE)"]  # no labels, no realised rows
