@@ -181,7 +181,7 @@ def compile_featurizer(featurizer):
     transform.feature_names = list(featurizer.get_feature_names_out())
     return transform
 
-# %% ../nbs/11_service.ipynb #6dd122a2
+# %% ../nbs/11_service.ipynb #17411324
 _THREADS: dict[int, int] = {}
 
 def _booster(model, nthread: int | None):
@@ -192,16 +192,18 @@ def _booster(model, nthread: int | None):
         _THREADS[id(booster)] = nthread
     return booster
 
-def estimator_contributions(estimator, X: np.ndarray, feature_names: list[str], nthread: int | None = None) -> np.ndarray | None:
+def estimator_contributions(estimator, X: np.ndarray, feature_names: list[str], nthread: int | None = None,
+                            approx: bool = False) -> np.ndarray | None:
     """Exact SHAP contributions of a tree estimator's margin on the featurized matrix `X` (last column: the
     base value; row sums are the margin), or None when the estimator is not a tree model.
     Uses `estimator.contributions(X)` if the estimator has it, else each of `estimator.members_` (or the
-    estimator itself) as an XGBoost model: `get_booster()` and `best_iteration`, averaged like the margins."""
-    if hasattr(estimator, "contributions"): return estimator.contributions(X)
+    estimator itself) as an XGBoost model: `get_booster()` and `best_iteration`, averaged like the margins.
+    `approx`: XGBoost's approximate (Saabas) contributions, much faster, not exact SHAP values."""
+    if hasattr(estimator, "contributions"): return estimator.contributions(X, approx=approx)
     members = getattr(estimator, "members_", None) or ([estimator] if hasattr(estimator, "get_booster") else None)
     if members is None: return None
     frame = xgb.DMatrix(X, feature_names=list(feature_names), nthread=nthread or -1)  # one DMatrix for every member
-    out = [_booster(m, nthread).predict(frame, pred_contribs=True, iteration_range=(0, m.best_iteration + 1)
+    out = [_booster(m, nthread).predict(frame, pred_contribs=True, approx_contribs=approx, iteration_range=(0, m.best_iteration + 1)
                                         if hasattr(m, "best_iteration") else (0, 0)) for m in members]
     return np.mean(out, axis=0)
 
@@ -221,7 +223,7 @@ def heuristic_margin(df: pd.DataFrame, heuristic: dict) -> tuple[np.ndarray, np.
     contribs = x * np.array([heuristic["weights"][c] for c in cols], dtype=float)
     return heuristic["intercept"] + contribs.sum(axis=1), contribs, cols
 
-# %% ../nbs/11_service.ipynb #34ad2189
+# %% ../nbs/11_service.ipynb #d8f339f1
 class Scorer:
     "Scores validated rows: probability, grade, scaled score, decision, reason codes; the model or the fallback."
     def __init__(self, model, decision: dict, params: dict, meta: dict | None = None, check_rows: pd.DataFrame | None = None):
@@ -235,7 +237,7 @@ class Scorer:
                         "score_scale": params["evaluate"]["score_scale"]}
             self.meta = {**self.meta, "version": "heuristic"}
         self.decision = decision
-        self.fast, self.nthread = False, s.get("model_threads")
+        self.fast, self.nthread, self.approx = False, s.get("model_threads"), False
         if model is not None:
             self.features, self.calibrated = model[:-1], model[-1]
             self.estimator = getattr(self.calibrated, "estimator", None)
@@ -264,7 +266,7 @@ class Scorer:
         "Probabilities, per-feature contributions (log-odds), feature values and names for validated rows (frame or records)."
         if self.fast:
             X = self.transform(rows)
-            c = estimator_contributions(self.estimator, X, self.transform.feature_names, self.nthread)
+            c = estimator_contributions(self.estimator, X, self.transform.feature_names, self.nthread, self.approx)
             return calibrated_probability(self.calibrated, c.sum(axis=1)), c[:, :-1], X, self.transform.feature_names
         df = rows if isinstance(rows, pd.DataFrame) else records_frame(rows, self.params)
         if self.model is None:
@@ -272,6 +274,14 @@ class Scorer:
             return expit(margin), contribs, df[names].to_numpy(dtype=float), names
         e = explain_rows(self.model, df)
         return self.model.predict_proba(df)[:, 1], np.asarray(e.values), np.asarray(e.data), list(e.feature_names)
+
+    def probabilities(self, rows) -> np.ndarray:
+        "Probabilities of default only (no contributions): the estimator's `decision_function` through the calibrator."
+        if self.fast:
+            return calibrated_probability(self.calibrated, self.estimator.decision_function(self.transform(rows)))
+        df = rows if isinstance(rows, pd.DataFrame) else records_frame(rows, self.params)
+        if self.model is None: return expit(heuristic_margin(df, self.params["serve"]["heuristic"])[0])
+        return self.model.predict_proba(df)[:, 1]
 
     def score(self, rows, request_id: str | None = None, with_reasons: bool = True) -> list[dict]:
         "One answer per row: risk_score, risk_grade, scaled_score, decision, reason_codes and audit fields."
