@@ -296,3 +296,17 @@ def test_corrupt_model_fallback_not_ready_or_refuses(tmp_path_factory, small_mod
             assert srv.wait("/readyz", timeout=60)
     finally:
         srv.stop()
+
+
+def test_bento_builds_offline_and_is_listed(tmp_path_factory, small_model, small_params):
+    params_path = _params_file(tmp_path_factory, small_params)
+    home = _home(tmp_path_factory, small_model, params_path)
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    built = subprocess.run([bentoml, "build", "-f", "bentos/bentofile.yaml", "."], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    listed = subprocess.run([bentoml, "list", "-o", "json"], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    bentos = json.loads(listed.stdout)
+    assert [b["tag"].split(":")[0] for b in bentos] == ["riskops"]
+    src = next(home.glob("bentos/riskops/*/src"))
+    assert (src / "bentos/service.py").exists() and (src / "pipeline/service.py").exists() and (src / "params.yaml").exists()
