@@ -37,20 +37,28 @@ RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk 
                                  buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 
 
-class BearerAuth:
-    "ASGI middleware: when RISK_API_TOKEN is set, the scoring endpoints need `Authorization: Bearer <token>`."
+class RequestGate:
+    """ASGI middleware in front of the scoring endpoints: when RISK_API_TOKEN is set they need
+    `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type)."""
     def __init__(self, app, token: str | None = None):
         self.app, self.token = app, token
 
+    async def _refuse(self, send, status: int, message: str, extra=()):
+        body = ('{"error": "%s"}' % message).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *extra]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
-        if self.token and scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
-            given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                body = b'{"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}'
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
-                return
+        if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            if self.token and not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+                return await self._refuse(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                          [(b"www-authenticate", b"Bearer")])
+            kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if scope.get("method") == "POST" and kind not in (b"application/json", b""):
+                return await self._refuse(send, 415, "content-type: the body must be application/json")
         await self.app(scope, receive, send)
 
 
@@ -89,7 +97,7 @@ class RiskService:
         return self._score("score", applicants, request_id)
 
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
-    def score_batch(self, applicants: list[Applicant]) -> list[ScoreAnswer]:
+    def score_batch(self, applicants: Annotated[list[Applicant], Field(min_length=1)]) -> list[ScoreAnswer]:
         "The same answers as /score, with adaptive batching of concurrent calls."
         return self._score("score_batch", applicants)
 
@@ -105,4 +113,4 @@ class RiskService:
         log.info("audit log flushed: %d rows written", self.audit.written)
 
 
-RiskService.add_asgi_middleware(BearerAuth, token=os.environ.get("RISK_API_TOKEN") or None)
+RiskService.add_asgi_middleware(RequestGate, token=os.environ.get("RISK_API_TOKEN") or None)
