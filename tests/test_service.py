@@ -328,3 +328,11 @@ def test_schemathesis_finds_no_server_error(server):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:]
     assert " passed" in r.stdout and "generated" in r.stdout
+
+
+def test_sync_http_client_as_in_the_readme(server, small_model):
+    import bentoml
+    rows = _records(small_model["test"].head(2))
+    with bentoml.SyncHTTPClient(server.url, token=TOKEN) as client:
+        answers = client.score(applicants=rows)
+    assert [a["risk_score"] for a in answers] == pytest.approx(small_model["model"].predict_proba(small_model["test"].head(2))[:, 1], abs=1e-6)
