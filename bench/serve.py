@@ -203,10 +203,10 @@ def report(r: dict, c: int) -> None:
             (f"req/s ({c} clients)", f"rps_{c}", None), (f"p99 ms ({c} clients)", f"p99_ms_{c}", TARGETS["p99_16_ms"]),
             (f"errors ({c} clients)", f"errors_{c}", 0)]
     for label, k, target in rows:
-        ratio = b[k] / f[k] if f[k] else float("nan")
+        ratio = f"{b[k] / f[k]:14.2f}" if f[k] else f"{'-':>14s}"
         tgt = "" if target is None else (f"<= {target}" if k != f"errors_{c}" else "0")
         if k == f"rps_{c}": tgt = ">= fastapi"
-        print(f"{label:34s} {b[k]:10.2f} {f[k]:10.2f} {ratio:14.2f} {tgt:>10s}")
+        print(f"{label:34s} {b[k]:10.2f} {f[k]:10.2f} {ratio} {tgt:>10s}")
     print(f"bentoml p50 / in-process p50: {b['p50_ms'] / ip['p50_ms']:.2f}; p50 / target: {b['p50_ms'] / TARGETS['p50_ms']:.2f}; "
           f"p99 / target: {b['p99_ms'] / TARGETS['p99_ms']:.2f}; {c}-client p99 / target: {b[f'p99_ms_{c}'] / TARGETS['p99_16_ms']:.2f}")
     if "batch" in r:

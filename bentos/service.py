@@ -63,7 +63,8 @@ class RequestGate:
 
 
 @bentoml.service(name="riskops", workers=SERVE["workers"], threads=SERVE["threads"],
-                 traffic={"timeout": SERVE["timeout_s"]})
+                 traffic={"timeout": SERVE["timeout_s"]},
+                 logging={"access": {"enabled": bool(SERVE.get("access_log", True))}})
 class RiskService:
     model_ref = bentoml.models.BentoModel(MODEL_NAME)  # recorded in the bento at build time
 

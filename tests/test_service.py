@@ -28,13 +28,22 @@ from tests.conftest import ROOT, deep_merge
 TOKEN = "test-token-123"
 
 
+_TRAINED: dict = {}  # test_score imports the fixture too: train once per session
+
+
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory, small_params, root):
     "A small trained scoring pipeline with its decision rules, saved as files; and a few test applicants."
+    if not _TRAINED: _TRAINED.update(_train_small_model(tmp_path_factory, small_params, root))
+    return _TRAINED
+
+
+def _train_small_model(tmp_path_factory, small_params, root) -> dict:
     params = {**small_params, "data": {**small_params["data"], "path": str(root / small_params["data"]["path"])}}
     splits = split_frame(validate_frame(read_input(params), params)[0], params)
     featurizer = build_featurizer(small_params).fit(splits["train"])
-    model = train_models(splits, featurizer, small_params, progress=False)["models"]["xgboost"]
+    quick = deep_merge(small_params, {"train": {"n_trials": 2, "ensemble_top_k": 2, "max_rounds": 120}})
+    model = train_models(splits, featurizer, quick, progress=False)["models"]["xgboost"]
     pv = model.predict_proba(splits["valid"])[:, 1]
     decision = {"threshold": threshold_for(target_vector(splits["valid"], small_params), pv, small_params["evaluate"]),
                 "grade_edges": grade_edges(pv, small_params["evaluate"]["grades"]),
