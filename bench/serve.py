@@ -121,12 +121,19 @@ def in_process(params: dict, rows: pd.DataFrame, n: int) -> dict:
     lat = []
     for _ in range(n):
         t = time.perf_counter(); scorer.score(rec); lat.append((time.perf_counter() - t) * 1000)
+    from pipeline.service import AuditWriter, audit_row
+    writer = AuditWriter(f"sqlite:///{tempfile.mkdtemp()}/audit.sqlite")
+    answers = scorer.score(rec)
+    audit = []
+    for _ in range(n):
+        t = time.perf_counter(); writer.write(audit_row("score", rec, answers, 1.0)); audit.append((time.perf_counter() - t) * 1000)
+    writer.close()
     one = rows.head(1)
     plain = []
     for _ in range(min(n, 300)):
         t = time.perf_counter(); scorer.model.predict_proba(one); plain.append((time.perf_counter() - t) * 1000)
     return {"fast_path": scorer.fast, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "predict_proba_p50_ms": float(np.percentile(plain, 50))}
+            "predict_proba_p50_ms": float(np.percentile(plain, 50)), "audit_p50_ms": float(np.percentile(audit, 50))}
 
 
 def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
@@ -197,7 +204,8 @@ def report(r: dict, c: int) -> None:
     ip, b, f = r["in_process"], r["bentoml"], r["fastapi"]
     print(f"\nin process (fast path {ip['fast_path']}): one row with reason codes p50 {ip['p50_ms']:.2f} ms, "
           f"p99 {ip['p99_ms']:.2f} ms; predict_proba alone p50 {ip['predict_proba_p50_ms']:.2f} ms "
-          f"(ratio {ip['p50_ms'] / ip['predict_proba_p50_ms']:.2f})")
+          f"(ratio {ip['p50_ms'] / ip['predict_proba_p50_ms']:.2f}); audit row queued p50 {ip['audit_p50_ms']:.3f} ms "
+          f"(ratio to the 1 ms budget {ip['audit_p50_ms']:.3f})")
     print(f"\n{'/score, 1 row + reason codes':34s} {'bentoml':>10s} {'fastapi':>10s} {'bento/fastapi':>14s} {'target':>10s}")
     rows = [("p50 ms (sequential)", "p50_ms", TARGETS["p50_ms"]), ("p99 ms (sequential)", "p99_ms", TARGETS["p99_ms"]),
             (f"req/s ({c} clients)", f"rps_{c}", None), (f"p99 ms ({c} clients)", f"p99_ms_{c}", TARGETS["p99_16_ms"]),
