@@ -408,7 +408,7 @@ def audit_row(endpoint: str, records: list[dict], answers: list[dict], latency_m
             "model_name": first.get("model_name", ""), "model_version": first.get("model_version", ""),
             "method": first.get("method", ""), "latency_ms": latency_ms}
 
-# %% ../nbs/11_service.ipynb #6e3632c9
+# %% ../nbs/11_service.ipynb #31a95d51
 def export_bento(model_path: str | Path, decision: dict, name: str, meta: dict | None = None):
     "Save a scoring pipeline file and its decision rules as a BentoML model; returns its tag."
     import shutil
@@ -432,7 +432,7 @@ def bento_scorer(name: str, params: dict) -> tuple[Scorer, str | None, dict]:
     return scorer, why, meta
 
 def main(argv=None) -> int:
-    "riskops-bento-export: a scoring pipeline and its decision rules into the BentoML model store."
+    "python -m pipeline.service: a scoring pipeline and its decision rules into the BentoML model store."
     p = cli_parser("Save a scoring pipeline and its decision rules (threshold, grades, score scale) as a BentoML model.")
     p.add_argument("--model", default="models/champion.joblib", help="scoring pipeline (default: models/champion.joblib from riskops-export)")
     p.add_argument("--decision", default="models/decision.json", help="decision rules (default: models/decision.json)")
