@@ -63,11 +63,17 @@ class RequestGate:
         await self.app(scope, receive, send)
 
 
+def _model_ref():
+    "The champion in the model store; None when it is missing, so the service can still start on the fallback."
+    ref = bentoml.models.BentoModel(MODEL_NAME)
+    return ref if ref.stored is not None else None
+
+
 @bentoml.service(name="riskops", workers=SERVE["workers"], threads=SERVE["threads"],
                  traffic={"timeout": SERVE["timeout_s"]},
                  logging={"access": {"enabled": bool(SERVE.get("access_log", True))}})
 class RiskService:
-    model_ref = bentoml.models.BentoModel(MODEL_NAME)  # recorded in the bento at build time
+    model_ref = _model_ref()  # recorded in the bento at build time
 
     def __init__(self) -> None:
         self.scorer, self.why, self.meta = bento_scorer(MODEL_NAME, PARAMS)

@@ -408,7 +408,7 @@ def audit_row(endpoint: str, records: list[dict], answers: list[dict], latency_m
             "model_name": first.get("model_name", ""), "model_version": first.get("model_version", ""),
             "method": first.get("method", ""), "latency_ms": latency_ms}
 
-# %% ../nbs/11_service.ipynb #31a95d51
+# %% ../nbs/11_service.ipynb #c385651d
 def export_bento(model_path: str | Path, decision: dict, name: str, meta: dict | None = None):
     "Save a scoring pipeline file and its decision rules as a BentoML model; returns its tag."
     import shutil
@@ -425,9 +425,9 @@ def bento_scorer(name: str, params: dict) -> tuple[Scorer, str | None, dict]:
         ref = bentoml.models.get(name)
         meta = dict(ref.info.metadata)
         path, decision = ref.path_of("model.joblib"), meta.pop("decision", None)
-    except Exception:
+    except Exception as e:
         if params["serve"]["fallback"] == "none": raise
-        path, decision, meta = None, None, {}  # load_scorer logs why and falls back
+        path, decision, meta = f"{name} (not in the BentoML model store: {e})", None, {}  # load_scorer logs it, falls back
     scorer, why = load_scorer(path, decision, params, meta, check_sample(params))
     return scorer, why, meta
 

@@ -294,14 +294,16 @@ def test_audit_rows_survive_a_clean_shutdown(tmp_path_factory, small_model, smal
 def test_corrupt_model_fallback_not_ready_or_refuses(tmp_path_factory, small_model, small_params):
     params_path = _params_file(tmp_path_factory, small_params, fallback="heuristic")
     home = _home(tmp_path_factory, small_model, params_path, corrupt=True)
-    srv = Server(home, params_path, home / "audit.sqlite", token=None)
-    try:
-        assert srv.wait("/livez")
-        assert requests.get(srv.url + "/readyz").status_code == 503
-        r = requests.post(srv.url + "/score", json={"applicants": _records(small_model["test"].head(2))})
-        assert r.status_code == 200 and {a["method"] for a in r.json()} == {"fallback"}
-    finally:
-        srv.stop()
+    for store in (home, tmp_path_factory.mktemp("empty-store")):  # a corrupt model, then no model at all
+        srv = Server(store, params_path, home / "audit.sqlite", token=None)
+        try:
+            assert srv.wait("/livez")
+            assert requests.get(srv.url + "/readyz").status_code == 503
+            r = requests.post(srv.url + "/score", json={"applicants": _records(small_model["test"].head(2))})
+            assert r.status_code == 200 and {a["method"] for a in r.json()} == {"fallback"}
+            assert {a["model_version"] for a in r.json()} == {"heuristic"}
+        finally:
+            srv.stop()
     strict = _params_file(tmp_path_factory, small_params, fallback="none")
     srv = Server(_home(tmp_path_factory, small_model, strict, corrupt=True), strict, home / "audit2.sqlite", token=None)
     try:  # the worker's start-up fails and the service never becomes ready
