@@ -1,0 +1,230 @@
+"""Serving and batch-scoring benchmark: every figure with its ratio to the baseline or the target.
+
+After `make repro`, from the repository root:  python bench/serve.py  (a few minutes; --help for options)
+
+Measures, on this machine:
+- the model in process: one row with reason codes (pipeline.service.Scorer) and plain predict_proba;
+- `/score` with one applicant and reason codes on `bentoml serve` (params.yaml `serve` settings) and on a
+  minimal FastAPI/uvicorn app (bench/fastapi_app.py, one worker, the same Scorer): sequential latency
+  p50/p99 over keep-alive connections, then throughput, p99 and errors with 16 concurrent clients for 10 s;
+- the batch job (pipeline.score.run_job) in rows/s on 1,000,000 rows next to raw XGBoost `inplace_predict`
+  on the same rows.
+Servers run on 127.0.0.1 only, each in its own process group, stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.chdir(ROOT)
+from pipeline.core import load_params, read_json  # noqa: E402
+from pipeline.service import check_sample, estimator_contributions, load_scorer  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TARGETS = {"p50_ms": 5.0, "p99_ms": 15.0, "p99_16_ms": 100.0, "batch_ratio": 0.5}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict, port: int, ready: str, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    end = time.time() + 180
+    while time.time() < end:
+        if proc.poll() is not None: raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", ready)
+            if c.getresponse().status == 200: return proc
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop(proc)
+    raise TimeoutError(f"server not ready: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try: proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> tuple[int, float]:
+    t = time.perf_counter()
+    conn.request("POST", "/score", body=body, headers={"content-type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    return r.status, (time.perf_counter() - t) * 1000
+
+
+def sequential(port: int, body: bytes, n: int) -> dict:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(50): post(conn, body)  # warm-up
+    lat = [post(conn, body)[1] for _ in range(n)]
+    return {"p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def concurrent(port: int, body: bytes, clients: int, seconds: float) -> dict:
+    lat, errors, stop_at = [], [0], time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine, bad = [], 0
+        while time.perf_counter() < stop_at:
+            try:
+                status, ms = post(conn, body)
+                if status != 200: bad += 1
+                mine.append(ms)
+            except OSError:
+                bad += 1
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        with lock:
+            lat.extend(mine)
+            errors[0] += bad
+
+    start_t = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    took = time.perf_counter() - start_t
+    return {"rps": len(lat) / took, "p99_ms": float(np.percentile(lat, 99)) if lat else float("nan"), "errors": errors[0],
+            "requests": len(lat)}
+
+
+def in_process(params: dict, rows: pd.DataFrame, n: int) -> dict:
+    scorer, _ = load_scorer("models/xgboost.joblib", read_json("models/decision.json"), params, {}, check_sample(params))
+    rec = json.loads(rows.head(1).to_json(orient="records"))
+    for _ in range(50): scorer.score(rec)
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter(); scorer.score(rec); lat.append((time.perf_counter() - t) * 1000)
+    from pipeline.service import AuditWriter, audit_row
+    writer = AuditWriter(f"sqlite:///{tempfile.mkdtemp()}/audit.sqlite")
+    answers = scorer.score(rec)
+    audit = []
+    for _ in range(n):
+        t = time.perf_counter(); writer.write(audit_row("score", rec, answers, 1.0)); audit.append((time.perf_counter() - t) * 1000)
+    writer.close()
+    one = rows.head(1)
+    plain = []
+    for _ in range(min(n, 300)):
+        t = time.perf_counter(); scorer.model.predict_proba(one); plain.append((time.perf_counter() - t) * 1000)
+    return {"fast_path": scorer.fast, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "predict_proba_p50_ms": float(np.percentile(plain, 50)), "audit_p50_ms": float(np.percentile(audit, 50))}
+
+
+def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
+    from pipeline.score import run_job
+    big = pd.concat([test] * (n_rows // len(test) + 1), ignore_index=True).head(n_rows)
+    path = tmp / "batch.parquet"
+    big.to_parquet(path)
+    scorer, _ = load_scorer("models/xgboost.joblib", read_json("models/decision.json"), params, {}, check_sample(params))
+    X = scorer.transform(big)
+    members = getattr(scorer.estimator, "members_", [scorer.estimator])
+    t = time.perf_counter()
+    for m in members: m.get_booster().inplace_predict(X)
+    raw = n_rows / (time.perf_counter() - t)
+    out = {"rows": n_rows, "raw_inplace_rows_s": raw}
+    for label, mode, contribs in (("none", "none", "exact"), ("declined_approx", "declined", "approx"),
+                                  ("declined_exact", "declined", "exact")):
+        p = {**params, "serve": {**params["serve"], "batch": {**params["serve"]["batch"], "reason_codes_for": mode,
+                                                             "contributions": contribs}}}
+        src = path
+        rows = n_rows
+        if label == "declined_exact":  # exact SHAP is ~100x a prediction: timed on a tenth of the rows
+            rows = n_rows // 10
+            src = tmp / "batch_small.parquet"
+            big.head(rows).to_parquet(src)
+        t = time.perf_counter()
+        run_job(src, tmp / f"scores_{label}.parquet", "models/xgboost.joblib", read_json("models/decision.json"), p,
+                restart=True, progress=False)
+        out[f"job_{label}_rows_s"] = rows / (time.perf_counter() - t)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=1000, help="sequential requests per server (default 1000)")
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    ap.add_argument("--seconds", type=float, default=10, help="duration of the concurrent run (default 10)")
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rows for the batch job (default 1,000,000)")
+    ap.add_argument("--skip-batch", action="store_true", help="servers only")
+    args = ap.parse_args()
+    params = load_params()
+    test = pd.read_parquet("data/split/test.parquet").drop(columns=params["data"]["target"])
+    body = json.dumps({"applicants": json.loads(test.head(1).to_json(orient="records"))}).encode()
+    results = {"in_process": in_process(params, test, args.requests)}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    home = tmp / "bentoml"
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "RISK_AUDIT_DB_URL": f"sqlite:///{tmp / 'audit.sqlite'}"}
+    subprocess.run([sys.executable, "-m", "pipeline.service", "--model", "models/xgboost.joblib"], cwd=ROOT,
+                   env={**os.environ, **env}, check=True, capture_output=True)
+    servers = {"bentoml": ([str(BIN / "bentoml"), "serve", "bentos.service:RiskService", "--host", "127.0.0.1"], "/readyz"),
+               "fastapi": ([str(BIN / "uvicorn"), "bench.fastapi_app:app", "--workers", "1", "--host", "127.0.0.1",
+                            "--log-level", "warning", "--no-access-log"], "/docs")}
+    for name, (cmd, ready) in servers.items():
+        port = free_port()
+        proc = start(cmd + ["--port", str(port)], env, port, ready, tmp / f"{name}.log")
+        try:
+            results[name] = {**sequential(port, body, args.requests),
+                             **{f"{k}_{args.clients}": v for k, v in concurrent(port, body, args.clients, args.seconds).items()}}
+        finally:
+            stop(proc)
+    if not args.skip_batch: results["batch"] = batch(params, test, args.rows, tmp)
+    report(results, args.clients)
+    (tmp / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nraw figures: {tmp / 'results.json'}")
+    return 0
+
+
+def report(r: dict, c: int) -> None:
+    ip, b, f = r["in_process"], r["bentoml"], r["fastapi"]
+    print(f"\nin process (fast path {ip['fast_path']}): one row with reason codes p50 {ip['p50_ms']:.2f} ms, "
+          f"p99 {ip['p99_ms']:.2f} ms; predict_proba alone p50 {ip['predict_proba_p50_ms']:.2f} ms "
+          f"(ratio {ip['p50_ms'] / ip['predict_proba_p50_ms']:.2f}); audit row queued p50 {ip['audit_p50_ms']:.3f} ms "
+          f"(ratio to the 1 ms budget {ip['audit_p50_ms']:.3f})")
+    print(f"\n{'/score, 1 row + reason codes':34s} {'bentoml':>10s} {'fastapi':>10s} {'bento/fastapi':>14s} {'target':>10s}")
+    rows = [("p50 ms (sequential)", "p50_ms", TARGETS["p50_ms"]), ("p99 ms (sequential)", "p99_ms", TARGETS["p99_ms"]),
+            (f"req/s ({c} clients)", f"rps_{c}", None), (f"p99 ms ({c} clients)", f"p99_ms_{c}", TARGETS["p99_16_ms"]),
+            (f"errors ({c} clients)", f"errors_{c}", 0)]
+    for label, k, target in rows:
+        ratio = f"{b[k] / f[k]:14.2f}" if f[k] else f"{'-':>14s}"
+        tgt = "" if target is None else (f"<= {target}" if k != f"errors_{c}" else "0")
+        if k == f"rps_{c}": tgt = ">= fastapi"
+        print(f"{label:34s} {b[k]:10.2f} {f[k]:10.2f} {ratio} {tgt:>10s}")
+    print(f"bentoml p50 / in-process p50: {b['p50_ms'] / ip['p50_ms']:.2f}; p50 / target: {b['p50_ms'] / TARGETS['p50_ms']:.2f}; "
+          f"p99 / target: {b['p99_ms'] / TARGETS['p99_ms']:.2f}; {c}-client p99 / target: {b[f'p99_ms_{c}'] / TARGETS['p99_16_ms']:.2f}")
+    if "batch" in r:
+        bt = r["batch"]
+        raw = bt["raw_inplace_rows_s"]
+        print(f"\nbatch job on {bt['rows']:,} rows; raw inplace_predict {raw:,.0f} rows/s (target ratio >= {TARGETS['batch_ratio']})")
+        for k in ("none", "declined_approx", "declined_exact"):
+            v = bt[f"job_{k}_rows_s"]
+            print(f"  job, reason codes {k:16s} {v:12,.0f} rows/s   ratio to raw {v / raw:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

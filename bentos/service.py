@@ -1,0 +1,130 @@
+"""The riskops scoring service (BentoML 1.4): /score, /score_batch, /explain, plus /livez, /readyz, /metrics.
+
+A thin shell over pipeline/service.py, which holds the scoring logic; settings come from the `serve`
+section of params.yaml (path in RISKOPS_PARAMS, default params.yaml). Serve from the repository root:
+
+    bentoml serve bentos.service:RiskService --host 127.0.0.1 --port 3000
+
+Environment: RISK_API_TOKEN (bearer token required by the scoring endpoints when set),
+RISK_AUDIT_DB_URL (SQLAlchemy URL of the audit database; default: SQLite at serve.audit.path).
+"""
+from __future__ import annotations
+
+import hmac
+import os
+import time
+import uuid
+from typing import Annotated
+
+import bentoml
+from bentoml.exceptions import InvalidArgument
+from pydantic import Field
+
+from pipeline.core import get_logger, load_params
+from pipeline.service import (AuditWriter, ScoreAnswer, ExplainAnswer, applicant_model, audit_row, audit_url,
+                              bento_scorer, invalid_rows)
+
+PARAMS = load_params(os.environ.get("RISKOPS_PARAMS", "params.yaml"))
+SERVE = PARAMS["serve"]
+MODEL_NAME = PARAMS["register"]["bento_model"]
+Applicant = applicant_model(PARAMS)
+Applicants = Annotated[list[Applicant], Field(min_length=1, max_length=SERVE["max_list"])]
+PROTECTED = ("/score", "/score_batch", "/explain")
+log = get_logger("bentos.service")
+
+SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scored, by risk grade and method",
+                                 labelnames=["grade", "method"])
+RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk scores (probability of default)",
+                                 buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+
+
+class RequestGate:
+    """ASGI middleware in front of the scoring endpoints: when RISK_API_TOKEN is set they need
+    `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type)."""
+    def __init__(self, app, token: str | None = None):
+        self.app, self.token = app, token
+
+    async def _refuse(self, send, status: int, message: str, extra=()):
+        body = ('{"error": "%s"}' % message).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *extra]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            if self.token and not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+                return await self._refuse(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                          [(b"www-authenticate", b"Bearer")])
+            kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if scope.get("method") == "POST" and kind not in (b"application/json", b""):
+                return await self._refuse(send, 415, "content-type: the body must be application/json")
+        await self.app(scope, receive, send)
+
+
+def _model_ref():
+    "The champion in the model store; None when it is missing, so the service can still start on the fallback."
+    ref = bentoml.models.BentoModel(MODEL_NAME)
+    return ref if ref.stored is not None else None
+
+
+@bentoml.service(name="riskops", workers=SERVE["workers"], threads=SERVE["threads"],
+                 traffic={"timeout": SERVE["timeout_s"]},
+                 logging={"access": {"enabled": bool(SERVE.get("access_log", True))}})
+class RiskService:
+    model_ref = _model_ref()  # recorded in the bento at build time
+
+    def __init__(self) -> None:
+        self.scorer, self.why, self.meta = bento_scorer(MODEL_NAME, PARAMS)
+        a = SERVE["audit"]
+        self.audit = AuditWriter(audit_url(PARAMS), batch_size=a["batch_size"], flush_interval_s=a["flush_interval_s"])
+        log.info("scoring with %s (version %s, fast path %s)%s", self.scorer.method, self.scorer.meta.get("version"),
+                 self.scorer.fast, f"; model not loaded: {self.why}" if self.why else "")
+
+    def __is_ready__(self) -> bool:
+        "Ready only when the model is loaded (the heuristic fallback answers, but is not ready)."
+        return self.why is None
+
+    def _score(self, endpoint: str, applicants: list, request_id: str | None = None) -> list[dict]:
+        start = time.perf_counter()
+        records = [a.model_dump() for a in applicants]
+        if SERVE.get("full_validation"):
+            bad = invalid_rows(records, PARAMS)
+            if bad: raise InvalidArgument(f"invalid applicants: {bad}")
+        answers = self.scorer.score(records, request_id)
+        for ans in answers:
+            SCORES.labels(grade=str(ans["risk_grade"]), method=ans["method"]).inc()
+            RISK.observe(ans["risk_score"])
+        ms = (time.perf_counter() - start) * 1000
+        if endpoint == "score_batch":  # a batch merges many callers' requests: one request id and audit row each
+            for rec, ans in zip(records, answers):
+                ans["request_id"] = uuid.uuid4().hex
+                self.audit.write(audit_row(endpoint, [rec], [ans], ms))
+        else:
+            self.audit.write(audit_row(endpoint, records, answers, ms))
+        return answers
+
+    @bentoml.api
+    def score(self, applicants: Applicants, request_id: str | None = None) -> list[ScoreAnswer]:
+        "Score up to serve.max_list applicants: risk score, grade, scaled score, decision, reason codes."
+        return self._score("score", applicants, request_id)
+
+    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
+    def score_batch(self, applicants: Annotated[list[Applicant], Field(min_length=1)]) -> list[ScoreAnswer]:
+        "The same answers as /score, with adaptive batching of concurrent calls."
+        return self._score("score_batch", applicants)
+
+    @bentoml.api
+    def explain(self, applicant: Applicant) -> ExplainAnswer:
+        "Every feature's contribution (log-odds) to one applicant's risk, with the feature values."
+        return ExplainAnswer(**self.scorer.explain([applicant.model_dump()])[0])
+
+    @bentoml.on_shutdown
+    def flush_audit(self) -> None:
+        "Write every queued audit row before the worker exits."
+        self.audit.close()
+        log.info("audit log flushed: %d rows written", self.audit.written)
+
+
+RiskService.add_asgi_middleware(RequestGate, token=os.environ.get("RISK_API_TOKEN") or None)

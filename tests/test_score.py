@@ -1,0 +1,107 @@
+"""The batch scoring job: validation and quarantine, answers equal to the model's, resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.score import run_job
+from pipeline.service import Scorer
+from tests.conftest import ROOT, deep_merge
+from tests.test_service import small_model  # noqa: F401  (fixture)
+
+BAD = {5: ("AGE", 5), 17: ("SEX", 9), 400: ("PAY_0", None), 1234: ("LIMIT_BAL", "lots")}
+
+
+@pytest.fixture(scope="module")
+def batch(small_model, tmp_path_factory):
+    "3,000 applicants (the small test split, repeated) with a few broken rows, as csv."
+    df = pd.concat([small_model["test"]] * 4, ignore_index=True).head(3000).astype(object)
+    for row, (col, value) in BAD.items(): df.loc[row, col] = value
+    path = tmp_path_factory.mktemp("batch") / "applicants.csv"
+    df.to_csv(path, index=False)
+    return path, df
+
+
+def _params(small_params, **batch):
+    return deep_merge(small_params, {"serve": {"batch": {"reason_codes_for": "all", **batch}}})
+
+
+def test_job_scores_valid_rows_and_quarantines_bad_ones(batch, small_model, small_params, tmp_path):
+    path, df = batch
+    params = _params(small_params)
+    out = tmp_path / "scores.parquet"
+    report = run_job(path, out, small_model["dir"] / "model.joblib", small_model["decision"], params, chunk_rows=700,
+                     progress=False, meta={"version": "7"})
+    assert report["rows_scored"] == 3000 - len(BAD) and report["rows_quarantined"] == len(BAD) and report["fast_path"]
+    scores, quarantine = pd.read_parquet(out), pd.read_csv(report["quarantine"])
+    assert sorted(quarantine["_row"]) == sorted(BAD)
+    for row, (col, _) in BAD.items():
+        assert col in quarantine.set_index("_row").loc[row, "_rule"]
+    assert scores["_row"].is_unique and set(scores["_row"]) == set(range(3000)) - set(BAD)
+    valid = pd.read_csv(path).drop(index=list(BAD))
+    from pipeline.validate import clean_types
+    expected = small_model["model"].predict_proba(clean_types(valid, small_params))[:, 1]
+    assert scores.sort_values("_row")["risk_score"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    # the same reason codes as the service's answers
+    service = Scorer(small_model["model"], small_model["decision"], params).score(clean_types(valid.head(50), small_params))
+    k = params["serve"]["reason_codes"]
+    for s, (_, r) in zip(service, scores.sort_values("_row").head(50).iterrows()):
+        assert [c["feature"] for c in s["reason_codes"]] == [r[f"reason_{j}"] for j in range(1, k + 1) if pd.notna(r[f"reason_{j}"])]
+        assert s["risk_grade"] == r["risk_grade"] and s["decision"] == r["decision"]
+    assert json.loads((tmp_path / "scores.report.json").read_text())["rows_in"] == 3000
+    assert not (tmp_path / "scores.parquet.parts").exists()
+
+
+def test_declined_only_reason_codes(batch, small_model, small_params, tmp_path):
+    path, _ = batch
+    run_job(path, tmp_path / "s.parquet", small_model["dir"] / "model.joblib", small_model["decision"],
+            _params(small_params, reason_codes_for="declined"), chunk_rows=1000, progress=False)
+    s = pd.read_parquet(tmp_path / "s.parquet")
+    declined = s["decision"] == "decline"
+    assert declined.any() and s.loc[~declined, "reason_1"].isna().all() and s.loc[declined, "reason_1"].notna().all()
+
+
+def test_resume_after_kill_has_no_duplicates_or_losses(batch, small_model, small_params, tmp_path):
+    path, _ = batch
+    params_path = tmp_path / "params.yaml"
+    params_path.write_text(yaml.safe_dump(_params(small_params)))
+    out = tmp_path / "scores.parquet"
+    d = small_model["dir"]
+    cmd = [sys.executable, "-m", "pipeline.score", "--params", str(params_path), "--input", str(path), "--output", str(out),
+           "--model", str(d / "model.joblib"), "--decision", str(d / "decision.json"), "--chunk-rows", "100"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parts = tmp_path / "scores.parquet.parts"
+    end = time.time() + 120
+    while time.time() < end and len(list(parts.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(parts.glob("part-*.parquet")))
+    assert 3 <= done_before < 30, "the job must be killed part-way"
+    # another chunk size cannot resume these parts
+    other = subprocess.run(cmd[:-1] + ["250"], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode == 2 and "--restart" in other.stderr
+    resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads((tmp_path / "scores.report.json").read_text())
+    assert report["chunks_resumed"] >= done_before and report["chunks"] == 30
+    scores = pd.read_parquet(out)
+    assert scores["_row"].is_unique and set(scores["_row"]) == set(range(3000)) - set(BAD)
+    clean = tmp_path / "clean.parquet"
+    run_job(path, clean, d / "model.joblib", small_model["decision"], _params(small_params), chunk_rows=100, progress=False)
+    expected = pd.read_parquet(clean)
+    pd.testing.assert_frame_equal(scores.drop(columns="model_version"), expected.drop(columns="model_version"))
+
+
+def test_cli_help_and_bad_input(tmp_path):
+    assert subprocess.run([sys.executable, "-m", "pipeline.score", "--help"], cwd=ROOT, capture_output=True).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "pipeline.score", "--input", str(tmp_path / "none.csv"), "--output",
+                        str(tmp_path / "o.parquet")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "none.csv" in r.stderr
