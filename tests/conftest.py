@@ -70,3 +70,13 @@ def copy_repo(dest: Path) -> Path:
 def mlflow_env(tmp: Path) -> dict:
     return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+@pytest.fixture(autouse=True)
+def keep_mlflow_uri_in_its_test():
+    """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it, so one test's temporary store never
+    leaks into the next test or into the notebook kernels nbval starts later."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else: os.environ["MLFLOW_TRACKING_URI"] = before
