@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11, CPU):
 #   make repro   install everything into .venv (and Debian's chromium when missing), then run the pipeline end to end (dvc repro)
-#   make test    install everything into .venv, then run the test suite (unit, integration, notebooks)
+#   make test    the same (the notebooks show the pipeline's outputs; a no-op repro when they are current), then
+#                the test suite (unit, integration, notebooks)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -33,7 +34,7 @@ chromium:
 repro: install
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
-test: install
+test: repro
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest
 
 # Refresh the lock after changing requirements in settings.ini (then commit constraints.txt).
