@@ -22,7 +22,8 @@ from .train import holdout_scores, uncalibrated
 # %% auto #0
 __all__ = ['THRESHOLD_RULES', 'choose_threshold', 'threshold_for', 'expected_calibration_error', 'classification_metrics',
            'scaled_score', 'grade_edges', 'assign_grade', 'grade_table', 'bootstrap_ci', 'protected_groups',
-           'fairness_table', 'fairness_report', 'perturb', 'robustness_report', 'curves', 'evaluate_models', 'main']
+           'fairness_table', 'fairness_report', 'perturb', 'robustness_report', 'curves', 'decision_rules',
+           'evaluate_models', 'main']
 
 # %% ../nbs/04_evaluate.ipynb #bffaf850
 THRESHOLD_RULES = ("max_ks", "approval_rate", "cost")
@@ -182,7 +183,12 @@ def curves(y, p, bins: int = 10) -> dict[str, pd.DataFrame]:
             "score_distribution": pd.DataFrame({"score": (edges[:-1] + edges[1:]) / 2, "defaults": share(p[y == 1]),
                                                 "non_defaults": share(p[y == 0])})}
 
-# %% ../nbs/04_evaluate.ipynb #6df268f0
+# %% ../nbs/04_evaluate.ipynb #bd03b5e2
+def decision_rules(metrics: dict, params: dict) -> dict:
+    "What serving needs to turn the winner's probability into a decision, a grade and points, from its evaluation."
+    return {"model": metrics["model"], "threshold": metrics["threshold"], "grade_edges": metrics["grade_edges"],
+            "score_scale": params["evaluate"]["score_scale"]}
+
 def evaluate_models(splits: dict, models: dict, winner: str, params: dict) -> tuple[dict, dict]:
     "Metrics of the winner (plain keys) and of every model (`<name>_` keys, e.g. `baseline_auc`), and curves."
     e = params["evaluate"]
@@ -208,7 +214,7 @@ def evaluate_models(splits: dict, models: dict, winner: str, params: dict) -> tu
         tables[f"{name}_uncalibrated"] = {"calibration": curves(yt, raw, e["calibration_bins"])["calibration"]}
     return metrics, tables
 
-# %% ../nbs/04_evaluate.ipynb #dd1eb5b4
+# %% ../nbs/04_evaluate.ipynb #4ab1c543
 def main(argv=None) -> int:
     "Stage entry point: test metrics to metrics/evaluate.json, curves to plots/, metrics to the train run."
     import mlflow
@@ -219,8 +225,7 @@ def main(argv=None) -> int:
     models, info = load_models()
     metrics, tables = evaluate_models(splits, models, info["winner"], params)
     # what serving needs to turn a probability into a decision, grade and points, from this evaluation
-    write_json({"model": info["winner"], "threshold": metrics["threshold"], "grade_edges": metrics["grade_edges"],
-                "score_scale": params["evaluate"]["score_scale"]}, "models/decision.json")
+    write_json(decision_rules(metrics, params), "models/decision.json")
     fair = fairness_report(splits["test"], score(models[info["winner"]], splits["test"]), metrics["threshold"], params)
     write_json(fair, "metrics/fairness.json")
     robust = robustness_report(models[info["winner"]], splits["test"], params)

@@ -104,7 +104,7 @@ class Registry:
                          "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
         return pd.DataFrame(rows).sort_values("version", ascending=False, ignore_index=True) if rows else pd.DataFrame()
 
-# %% ../nbs/07_registry.ipynb #0e146c41
+# %% ../nbs/07_registry.ipynb #aa2c7ba7
 def load_version(name: str, ref: str):
     "The scoring pipeline of a registered version or alias (`'3'` or `'champion'`)."
     import mlflow
@@ -127,8 +127,8 @@ def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candi
 
 def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict, params: dict,
                        comparison: dict | None = None, fairness: dict | None = None,
-                       robustness: dict | None = None) -> dict:
-    "Register a candidate as challenger and promote it to champion if it passes the gate."
+                       robustness: dict | None = None, decision: dict | None = None) -> dict:
+    "Register a candidate as challenger (with its `decision` rules, for serving) and promote it if it passes the gate."
     import mlflow
     version = mlflow.register_model(model_uri, reg.name).version
     champion = reg.alias(CHAMPION)
@@ -140,6 +140,7 @@ def register_candidate(reg: Registry, model_uri: str, run_id: str, metrics: dict
     for key in ("auc", "ks", "gini", "ece", "baseline_auc"):
         reg.client.set_model_version_tag(reg.name, version, f"test_{key}", f"{metrics[key]:.6f}")
     reg.client.set_model_version_tag(reg.name, version, "gate", "passed" if passed else "refused")
+    if decision: reg.client.set_model_version_tag(reg.name, version, "decision", json.dumps(decision))
     reg.client.set_model_version_tag(reg.name, version, "gate_detail", json.dumps(results))
     reg.move_alias(CHALLENGER, version, "register", f"new candidate from run {run_id}")
     if passed:
@@ -242,7 +243,7 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 - Previous champion: {registry_info.get('previous_champion') or 'none'}
 """
 
-# %% ../nbs/07_registry.ipynb #539d9181
+# %% ../nbs/07_registry.ipynb #6448d8b2
 def main(argv=None) -> int:
     "Stage entry point: register the winner as challenger, gate it, promote it, write registry.json and the card."
     import mlflow
@@ -254,7 +255,8 @@ def main(argv=None) -> int:
     metrics["default_rate_test"] = float(target_vector(read_table("data/split/test.parquet"), params).mean())
     reg = Registry(params["mlflow"]["registered_model"])
     result = register_candidate(reg, info["model_uris"][info["winner"]], info["run_id"], metrics, params,
-                                *(read_json(f"metrics/{name}.json") for name in ("comparison", "fairness", "robustness")))
+                                *(read_json(f"metrics/{name}.json") for name in ("comparison", "fairness", "robustness")),
+                                decision=read_json("models/decision.json"))  # travels with the version to serving
     result["run_id"] = info["run_id"]
     write_json(result, "models/registry.json")
     if result["promoted"]:
@@ -268,7 +270,7 @@ def main(argv=None) -> int:
                     result["version"], result["verdict"], result["champion"])
     return 0
 
-# %% ../nbs/07_registry.ipynb #cb458f50
+# %% ../nbs/07_registry.ipynb #196f86e6
 def _registry(args) -> tuple[Registry, dict]:
     params = load_params(args.params)
     setup_mlflow(params)
@@ -310,9 +312,9 @@ def rollback_cli(argv=None) -> int:
     return _report_move("riskops-rollback", lambda: rollback(reg, args.reason))
 
 def export_cli(argv=None) -> int:
-    "riskops-export: the champion to models/champion.joblib and to the BentoML model store."
-    import bentoml
+    "riskops-export: the champion to models/champion.joblib and, with its decision rules, to the BentoML model store."
     import joblib
+    from pipeline.service import export_bento
     p = cli_parser("Export the champion to models/champion.joblib and the BentoML model store.")
     p.add_argument("--alias", default=CHAMPION, help="alias or version to export (default: champion)")
     args = p.parse_args(argv)
@@ -321,12 +323,15 @@ def export_cli(argv=None) -> int:
     version = args.alias if args.alias.isdigit() else reg.alias(args.alias)
     mv = reg.client.get_model_version(reg.name, version)
     meta = {"registered_model": reg.name, "version": version, "run_id": mv.run_id, **mv.tags}
+    if "decision" not in mv.tags:  # serving another version's threshold and grades would be wrong, so refuse
+        print(f"version {version} has no decision rules (registered before they were recorded); export a scoring "
+              "pipeline with its rules by `python -m pipeline.service --model ... --decision ...`", file=sys.stderr)
+        return 2
+    decision = json.loads(mv.tags["decision"])
     joblib.dump(model, "models/champion.joblib")
     write_json(meta, "models/champion.json")
-    with bentoml.models.create(name=params["register"]["bento_model"], labels={"alias": args.alias, "version": version},
-                               metadata=meta) as ref:
-        joblib.dump(model, Path(ref.path) / "model.joblib")
-    print(f"exported {reg.name} version {version} to models/champion.joblib and BentoML model {ref.tag}")
+    tag = export_bento("models/champion.joblib", decision, params["register"]["bento_model"], meta)
+    print(f"exported {reg.name} version {version} to models/champion.joblib and BentoML model {tag}")
     return 0
 
 if __name__ == "__main__" and not in_notebook(): sys.exit(main())

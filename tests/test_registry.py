@@ -11,7 +11,7 @@ import yaml
 from sklearn.pipeline import Pipeline
 
 from pipeline.core import setup_mlflow, target_vector
-from pipeline.evaluate import evaluate_models
+from pipeline.evaluate import decision_rules, evaluate_models
 from pipeline.featurize import build_featurizer, split_frame
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
                                register_candidate, rollback)
@@ -44,7 +44,8 @@ def register(setting, reg: Registry, models: dict) -> dict:
         uris = log_models({"models": models, "example": splits["valid"].head(3)})
     metrics, _ = evaluate_models(splits, models, "xgboost", p)
     comparison = compare_with_champion(reg, splits["test"], p, metrics["auc"])
-    return register_candidate(reg, uris["xgboost"], run.info.run_id, metrics, p, comparison)
+    return register_candidate(reg, uris["xgboost"], run.info.run_id, metrics, p, comparison,
+                              decision=decision_rules(metrics, p))
 
 
 def one_tree(setting):
@@ -110,6 +111,7 @@ def check_operations_commands(setting, refused_version: str):
     assert exported.returncode == 0, exported.stderr
     meta = json.loads((tmp / "models/champion.json").read_text())
     assert meta["version"] == Registry(p["mlflow"]["registered_model"]).alias(CHAMPION) and meta["gate"] == "passed"
+    assert set(json.loads(meta["decision"])) == {"model", "threshold", "grade_edges", "score_scale"}  # its own rules
     listed = run("bentoml", "models", "list", "-o", "json")
     assert p["register"]["bento_model"] in listed.stdout
 
