@@ -46,3 +46,14 @@ def test_lineage_hashes(params, tmp_path):
     shuffled = dict(reversed(list(params.items())))
     assert params_hash(shuffled) == params_hash(params)
     assert params_hash({**params, "train": {**params["train"], "seed": 7}}) != params_hash(params)
+
+
+def test_as_code_on_distinct_values_keeps_every_row_and_code_of_agrees():
+    from pipeline.core import as_code, code_of
+    values = pd.Series([2, 2.0, "2", " 2 ", None, np.nan, "a", 2.5, "x ", float("inf"), 2], index=range(10, 21), name="c",
+                       dtype=object)
+    codes = as_code(values)
+    assert list(codes) == ["2", "2", "2", "2", None, None, "a", "2.5", "x", "inf", "2"]
+    assert codes.index.equals(values.index) and codes.name == "c"
+    assert [code_of(v) for v in values] == list(codes)
+    assert list(as_code(pd.Series([3.0, np.nan, 1.0]))) == ["3", None, "1"] and as_code(pd.Series([], dtype=object)).empty
