@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.score import run_job
-from pipeline.service import Scorer
+from pipeline.service import check_sample, load_scorer
 from tests.conftest import ROOT, deep_merge
 from tests.test_service import small_model  # noqa: F401  (fixture)
 
@@ -50,7 +50,8 @@ def test_job_scores_valid_rows_and_quarantines_bad_ones(batch, small_model, smal
     expected = small_model["model"].predict_proba(clean_types(valid, small_params))[:, 1]
     assert scores.sort_values("_row")["risk_score"].to_numpy() == pytest.approx(expected, abs=1e-6)
     # the same reason codes as the service's answers
-    service = Scorer(small_model["model"], small_model["decision"], params).score(clean_types(valid.head(50), small_params))
+    scorer, _ = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], params, {}, check_sample(params))
+    service = scorer.score(clean_types(valid.head(50), small_params))
     k = params["serve"]["reason_codes"]
     for s, (_, r) in zip(service, scores.sort_values("_row").head(50).iterrows()):
         assert [c["feature"] for c in s["reason_codes"]] == [r[f"reason_{j}"] for j in range(1, k + 1) if pd.notna(r[f"reason_{j}"])]
@@ -105,3 +106,17 @@ def test_cli_help_and_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline.score", "--input", str(tmp_path / "none.csv"), "--output",
                         str(tmp_path / "o.parquet")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "none.csv" in r.stderr
+
+
+def test_parts_made_with_other_reason_code_settings_are_refused(batch, small_model, small_params, tmp_path):
+    from pipeline.core import write_json
+    from pipeline.score import job_manifest
+    path, _ = batch
+    model, out = small_model["dir"] / "model.joblib", tmp_path / "s.parquet"
+    declined = _params(small_params, reason_codes_for="declined")
+    (tmp_path / "s.parquet.parts").mkdir()
+    write_json(job_manifest(path, model, 1000, declined), tmp_path / "s.parquet.parts" / "manifest.json")
+    with pytest.raises(ValueError, match="reason codes differ"):  # all rows' reasons would mix with declined rows' only
+        run_job(path, out, model, small_model["decision"], _params(small_params), chunk_rows=1000, progress=False)
+    report = run_job(path, out, model, small_model["decision"], declined, chunk_rows=1000, progress=False)
+    assert report["chunks_resumed"] == 0 and report["rows_in"] == 3000

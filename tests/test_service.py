@@ -64,10 +64,10 @@ def _records(df):
 
 def test_fast_path_matches_the_pipeline(small_model, small_params):
     rows = small_model["test"].head(200)
-    fast, why = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], small_params, {},
-                            check_sample(small_params))
-    assert why is None and fast.fast
-    slow = Scorer(small_model["model"], small_model["decision"], small_params)
+    exact = deep_merge(small_params, {"serve": {"contributions": "exact"}})
+    fast, why = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], exact, {}, check_sample(exact))
+    assert why is None and fast.fast and fast.paths is None
+    slow = Scorer(small_model["model"], small_model["decision"], exact)
     assert not slow.fast
     a, b = fast.score(rows), slow.score(rows)
     assert np.allclose([x["risk_score"] for x in a], small_model["model"].predict_proba(rows)[:, 1], atol=1e-6)
@@ -78,6 +78,23 @@ def test_fast_path_matches_the_pipeline(small_model, small_params):
     # records (what the service passes) and frames give the same answers
     recs = [applicant_model(small_params)(**r).model_dump() for r in _records(rows.head(20))]
     assert [x["risk_score"] for x in fast.score(recs)] == pytest.approx([x["risk_score"] for x in a[:20]])
+
+
+def test_approx_reason_codes_are_xgboosts_approximate_contributions(small_model, small_params):
+    rows = small_model["test"].head(300)
+    approx = deep_merge(small_params, {"serve": {"contributions": "approx"}})
+    scorer, _ = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], approx, {}, check_sample(approx))
+    assert scorer.fast and scorer.paths is not None
+    p, contribs, X, _ = scorer.contributions(rows)
+    np.testing.assert_allclose(contribs, scorer.estimator.contributions(X, approx=True)[:, :-1], atol=1e-5)
+    assert p == pytest.approx(small_model["model"].predict_proba(rows)[:, 1], abs=1e-5)
+    # /explain stays exact SHAP, whatever serve.contributions says
+    shap = scorer.estimator.contributions(X[:3])[:, :-1]
+    for e, row in zip(scorer.explain(rows.head(3)), shap):
+        assert list(e["contributions"].values()) == pytest.approx(row.tolist(), abs=1e-5)
+    assert not np.allclose(contribs[:3], shap, atol=1e-3)
+    with pytest.raises(ValueError, match="serve.contributions"):
+        Scorer(small_model["model"], small_model["decision"], deep_merge(small_params, {"serve": {"contributions": "fast"}}))
 
 
 def test_request_model_applies_the_validate_rules(small_params, raw):
@@ -245,7 +262,7 @@ def test_invalid_requests_get_400_naming_the_fields(server, small_model):
         assert 400 <= r.status_code < 500, (raw, r.status_code)
 
 
-def test_score_batch_under_concurrency_and_explain(server, small_model):
+def test_score_batch_under_concurrency_and_explain(server, small_model, small_params):
     rows = _records(small_model["test"].head(24))
     single = requests.post(server.url + "/score", json={"applicants": rows[:5]}, headers=AUTH).json()
     with ThreadPoolExecutor(8) as pool:
@@ -258,8 +275,11 @@ def test_score_batch_under_concurrency_and_explain(server, small_model):
     r = requests.post(server.url + "/explain", json={"applicant": rows[0]}, headers=AUTH)
     assert r.status_code == 200, r.text
     e = r.json()
-    top = sorted(((v, f) for f, v in e["contributions"].items() if v > 0), reverse=True)[:len(single[0]["reason_codes"])]
-    assert [f for _, f in top] == [c["feature"] for c in single[0]["reason_codes"]]
+    local, _ = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], small_params, {},
+                           check_sample(small_params))  # the server's settings: reason codes and explanations as there
+    record = [applicant_model(small_params)(**rows[0]).model_dump()]
+    assert [c["feature"] for c in single[0]["reason_codes"]] == [c["feature"] for c in local.score(record)[0]["reason_codes"]]
+    assert e["contributions"] == pytest.approx(local.explain(record)[0]["contributions"], abs=1e-6)
     assert e["risk_score"] == pytest.approx(single[0]["risk_score"])
 
 
