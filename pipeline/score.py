@@ -92,7 +92,7 @@ def check_output(scores: pd.DataFrame, quarantine: pd.DataFrame, chunk: pd.DataF
         if s.isna().any() or (s < 0).any() or (s > 1).any(): raise AssertionError("risk_score outside [0, 1]")
         if not scores["risk_grade"].between(1, n_grades).all(): raise AssertionError("risk_grade out of range")
 
-# %% ../nbs/10_score.ipynb #cd6122a7
+# %% ../nbs/10_score.ipynb #0fa984f4
 def _write_atomic(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     if path.suffix == ".parquet": df.to_parquet(tmp, index=False)
@@ -112,6 +112,11 @@ def combine(parts: list[Path], out: Path) -> int:
     if not tables:
         _write_atomic(pd.DataFrame(), out)
         return 0
+    kinds: dict[str, set] = {}
+    for t in tables:
+        for field in t.schema: kinds.setdefault(field.name, set()).add(field.type)
+    mixed = [name for name, k in kinds.items() if len(k - {pa.null()}) > 1]  # e.g. an id read as int in one csv chunk, text in another
+    tables = [t.cast(pa.schema([f.with_type(pa.string()) if f.name in mixed else f for f in t.schema])) for t in tables]
     table = pa.concat_tables(tables, promote_options="permissive")  # a reason column all empty in one part is null-typed
     tmp = out.with_suffix(out.suffix + ".tmp")
     if out.suffix == ".parquet": pq.write_table(table, tmp)

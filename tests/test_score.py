@@ -120,3 +120,13 @@ def test_parts_made_with_other_reason_code_settings_are_refused(batch, small_mod
         run_job(path, out, model, small_model["decision"], _params(small_params), chunk_rows=1000, progress=False)
     report = run_job(path, out, model, small_model["decision"], declined, chunk_rows=1000, progress=False)
     assert report["chunks_resumed"] == 0 and report["rows_in"] == 3000
+
+
+def test_combine_writes_a_column_typed_differently_in_two_parts_as_text(tmp_path):
+    from pipeline.score import combine
+    pd.DataFrame({"_row": [0, 1], "id": [10, 11], "reason_1": [None, None]}).to_parquet(tmp_path / "part-0.parquet")
+    pd.DataFrame({"_row": [2], "id": ["A-12"], "reason_1": ["PAY_0"]}).to_parquet(tmp_path / "part-1.parquet")
+    for out in (tmp_path / "all.parquet", tmp_path / "all.csv"):
+        assert combine([tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"], out) == 3
+        df = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out)
+        assert list(df["id"].astype(str)) == ["10", "11", "A-12"] and df["reason_1"].tolist()[2] == "PAY_0"
