@@ -1,7 +1,9 @@
 """The riskops scoring service (BentoML 1.4): /score, /score_batch, /explain, plus /livez, /readyz, /metrics.
 
-A thin shell over pipeline/service.py, which holds the scoring logic; settings come from the `serve`
-section of params.yaml (path in RISKOPS_PARAMS, default params.yaml). Serve from the repository root:
+A thin shell over the scoring runtime (pipeline.scorer, pipeline.request, pipeline.export, pipeline.service):
+no training code is imported. Settings come from the `serve` section of params.yaml (path in RISKOPS_PARAMS,
+default params.yaml). The model is the bundle `riskops-export` put in the BentoML model store, verified
+against the sha recorded for it before anything is unpickled. Serve from the repository root:
 
     bentoml serve bentos.service:RiskService --host 127.0.0.1 --port 3000
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Annotated
 
 import bentoml
@@ -21,9 +25,12 @@ from bentoml.exceptions import InvalidArgument
 from pydantic import Field, TypeAdapter
 from starlette.responses import Response
 
+from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
-from pipeline.service import (AuditWriter, ScoreAnswer, ExplainAnswer, applicant_model, audit_row, audit_url,
-                              bento_scorer, invalid_rows)
+from pipeline.export import bento_bundle
+from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows
+from pipeline.scorer import Scorer, check_sample
+from pipeline.service import AuditWriter, audit_row, audit_url
 
 PARAMS = load_params(os.environ.get("RISKOPS_PARAMS", "params.yaml"))
 SERVE = PARAMS["serve"]
@@ -38,6 +45,20 @@ SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scor
                                  labelnames=["grade", "method"])
 RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk scores (probability of default)",
                                  buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+
+
+def load_model():
+    """The exported bundle, verified, and why not when it cannot be served: with `serve.fallback: heuristic` the
+    service answers with the documented fallback (flagged `method: fallback`, /readyz not ready); with `none` it
+    refuses to start with one line naming the file and the reason."""
+    try: return bento_bundle(MODEL_NAME, PARAMS), None
+    except BundleError as e:
+        if SERVE["fallback"] == "none": sys.exit(f"riskops service: refusing to start (serve.fallback: none): {e}")
+        log.error("model not served (%s); answering with the heuristic fallback", e)
+        return None, str(e)
+
+
+if SERVE["fallback"] == "none": load_model()  # refuse before BentoML starts any worker
 
 
 class RequestGate:
@@ -72,7 +93,7 @@ def _json(adapter: TypeAdapter, value) -> Response:
 
 
 def _model_ref():
-    "The champion in the model store; None when it is missing, so the service can still start on the fallback."
+    "The exported model in the store; None when it is missing, so the service can still start on the fallback."
     ref = bentoml.models.BentoModel(MODEL_NAME)
     return ref if ref.stored is not None else None
 
@@ -84,11 +105,13 @@ class RiskService:
     model_ref = _model_ref()  # recorded in the bento at build time
 
     def __init__(self) -> None:
-        self.scorer, self.why, self.meta = bento_scorer(MODEL_NAME, PARAMS)
+        bundle, self.why = load_model()
+        self.scorer = Scorer(bundle, PARAMS, check_sample(PARAMS))
         a = SERVE["audit"]
         self.audit = AuditWriter(audit_url(PARAMS), batch_size=a["batch_size"], flush_interval_s=a["flush_interval_s"])
-        log.info("scoring with %s (version %s, fast path %s)%s", self.scorer.method, self.scorer.meta.get("version"),
-                 self.scorer.fast, f"; model not loaded: {self.why}" if self.why else "")
+        log.info("scoring with %s %s v%s (sha %s)%s", self.scorer.method, self.scorer.identity["model_name"],
+                 self.scorer.identity["model_version"], self.scorer.identity["bundle_sha"][:12],
+                 f"; model not served: {self.why}" if self.why else "")
 
     def __is_ready__(self) -> bool:
         "Ready only when the model is loaded (the heuristic fallback answers, but is not ready)."
@@ -100,8 +123,10 @@ class RiskService:
         if SERVE.get("full_validation"):
             bad = invalid_rows(records, PARAMS)
             if bad: raise InvalidArgument(f"invalid applicants: {bad}")
-        answers = self.scorer.score(records, request_id)
+        answers = self.scorer.answers(records)
+        now, rid = datetime.now(timezone.utc).isoformat(timespec="milliseconds"), request_id or uuid.uuid4().hex
         for ans in answers:
+            ans |= {"scored_at": now, "request_id": rid}
             SCORES.labels(grade=str(ans["risk_grade"]), method=ans["method"]).inc()
             RISK.observe(ans["risk_score"])
         ms = (time.perf_counter() - start) * 1000
@@ -125,7 +150,7 @@ class RiskService:
 
     @bentoml.api
     def explain(self, applicant: Applicant) -> ExplainAnswer:
-        "Every feature's contribution (log-odds) to one applicant's risk, with the feature values."
+        "Every field's exact contribution (log-odds) to one applicant's risk, with the applicant's values."
         return _json(EXPLANATION, self.scorer.explain([applicant.model_dump()])[0])
 
     @bentoml.on_shutdown
