@@ -99,6 +99,27 @@ def test_each_mistake_is_one_line_naming_its_key_path_exit_2(params, tmp_path, w
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_stage_stops_on_a_params_mistake_before_reading_data(params, tmp_path):
+    "The data file does not exist: a stage that read it first would say so instead."
+    text = mistake_text(params, ("featurize.ratios", {"utilisation_1": ["BILL_AMT1", "LIMIT_BAL"]}), None)
+    (tmp_path / "params.yaml").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.validate"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "featurize.ratios.utilisation_1: LIMIT_BAL is not a declared column" in proc.stderr
+    assert "not_there.csv" not in proc.stderr and not (tmp_path / "data").exists()
+
+
+def test_load_params_raises_params_error_with_the_lines(params, tmp_path):
+    from pipeline.core import load_params
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(set_in(params, "train.calibration", "platt")))
+    with pytest.raises(ValueError) as err:
+        load_params(tmp_path / "p.yaml")
+    assert isinstance(err.value, ParamsError) and err.value.problems == [
+        "train.calibration: Input should be 'temperature', 'sigmoid' or 'isotonic' (got 'platt')"]
+    assert load_params(tmp_path / "p.yaml", check=False)["train"]["calibration"] == "platt"
+    (tmp_path / "bad.yaml").write_text("data: {target: [a, b\n")
+    with pytest.raises(ParamsError, match=r"bad.yaml line \d+: not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
 
 
 def test_more_mistakes_are_caught(params):
