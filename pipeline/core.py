@@ -38,11 +38,15 @@ def repo_root(package_dir: str | Path | None = None) -> Path:
     return Path(*parts[: parts.index(".dvc")]) if ".dvc" in parts else root
 
 # %% ../nbs/00_core.ipynb #49d8962d
-def load_params(path: str | Path = "params.yaml") -> dict:
-    "Read the parameters file; a relative path that is not in the working directory is taken from the repo root."
+def load_params(path: str | Path = "params.yaml", check: bool = True) -> dict:
+    """Read the parameters file; a relative path that is not in the working directory is taken from the repo root.
+    Checked before anything else is done (`pipeline.params`): `ParamsError` lists every mistake by key path."""
     path = Path(path)
     if not path.exists() and not path.is_absolute(): path = repo_root() / path
-    with open(path) as f: return yaml.safe_load(f)
+    with open(path) as f: text = f.read()
+    if not check: return yaml.safe_load(text)
+    from pipeline.params import parse_params  # imported here: pipeline.params needs nothing from core
+    return parse_params(text, path)
 
 # %% ../nbs/00_core.ipynb #29730d67
 def cli_parser(description: str) -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.params import ParamsError
 from pipeline.validate import DataQualityError, check_gate, validate_frame
 
 
@@ -123,13 +124,29 @@ def test_cross_column_rules_from_params(raw, params):
     valid, quarantine, report = validate_frame(df, p)
     assert quarantine.set_index("_row")["_rule"].to_dict() == {2: "payment within limit"}
     assert 1 in valid.index  # a missing value in a rule's column is left to `nullable`
-    for expr, message in [("NOPE > 1", "validate.rules 'r': cannot evaluate `NOPE > 1`"),
-                          ("LIMIT_BAL * 2", "must give true/false per row")]:
+    for expr, message in [("NOPE > 1", r"validate.rules\[0\] \(r\): NOPE is not a declared column"),
+                          ("LIMIT_BAL * 2", "must give true/false per row"),
+                          ("EDUCATION == 9", "quote it")]:
         bad = {**params, "validate": {**params["validate"], "rules": [{"name": "r", "expr": expr}]}}
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ParamsError, match=message):
             validate_frame(df, bad)
     with pytest.raises(ValueError, match=r"validate.rules\[0\]: each rule needs a `name` and an `expr`"):
         validate_frame(df, {**params, "validate": {**params["validate"], "rules": ["BILL_AMT1 > 0"]}})
+
+
+@pytest.mark.parametrize("expr", ["@sys.modules['os'].system('touch {f}') == 0 | (LIMIT_BAL >= 0)",
+                                  "__import__('os').system('touch {f}') == 0"])
+def test_a_rule_never_runs_code(raw, params, tmp_path, expr):
+    "Issue 14: under DataFrame.eval, `@` reached module globals and the rule ran a shell command."
+    f = tmp_path / "ran"
+    bad = {**params, "validate": {**params["validate"], "rules": [{"name": "evil", "expr": expr.format(f=f)}]}}
+    with pytest.raises(ParamsError, match=r"validate.rules\[0\] \(evil\): .*not allowed"):
+        validate_frame(raw.head(50), bad)
+    raw.head(50).to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({**bad, "data": {**params["data"], "path": "d.csv"}}))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.validate"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "validate.rules[0] (evil): " in proc.stderr and "Traceback" not in proc.stderr
+    assert not f.exists() and not (tmp_path / "data").exists()
 
 
 def test_rule_thresholds_decide_the_gate(raw, params):
