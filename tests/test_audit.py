@@ -88,13 +88,15 @@ def test_sqlite_locked_loses_nothing(tmp_path):
     assert not list((tmp_path / "spool").glob("spool-*")), "a drained spool is removed at close"
 
 
-def test_postgres_restart_loses_nothing(postgres_server, tmp_path):
-    "PostgreSQL stopped for 2 s and started again while 8 threads write 2,000 records: 0 lost, 0 duplicated."
-    url = postgres_server.url
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_postgres_restart_loses_nothing(postgres_server, tmp_path, mode):
+    """PostgreSQL stopped for 2 s (a clean shutdown, or `immediate`: as if it crashed) and started again while 8
+    threads write 2,000 records: 0 lost, 0 duplicated."""
+    url, prefix = postgres_server.url, f"pgrestart-{mode}"
     trail = AuditTrail(url, tmp_path / "spool", flush_interval_s=0.05, max_backoff_s=0.5)
-    pool, written = write_in_threads(trail, "pgrestart")
+    pool, written = write_in_threads(trail, prefix)
     time.sleep(0.3)
-    postgres_server.stop()  # fast shutdown: open connections are closed under the trail
+    postgres_server.stop(mode)  # open connections are closed under the trail
     try:
         time.sleep(2)
         during = trail.pending
@@ -104,7 +106,7 @@ def test_postgres_restart_loses_nothing(postgres_server, tmp_path):
     assert during > 0 and trail.retries > 0, "the outage was never seen: the test proves nothing"
     assert trail.close(timeout=60)
     assert trail.pending == 0 and trail.failed == 0
-    assert_exactly_once(url, "pgrestart", written)
+    assert_exactly_once(url, prefix, written)
 
 
 CHILD = """
