@@ -80,3 +80,83 @@ def keep_mlflow_uri_in_its_test():
     yield
     if before is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
     else: os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+# --- A throw-away PostgreSQL server (the audit trail's tests; reusable by any test that needs one) ---------------
+
+def postgres_bin() -> Path:
+    "The folder of PostgreSQL's server programs (initdb, pg_ctl), installing Debian's `postgresql` if missing."
+    import glob
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        if os.geteuid() != 0:
+            pytest.fail("PostgreSQL server programs are missing and only root can install them (apt-get install postgresql)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "postgresql"]
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            run(["apt-get", "update", "-q"], "/", env)
+            run(install, "/", env)
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary folder, on 127.0.0.1 and a free port; `stop()` and `start()` simulate an
+    outage. initdb refuses to run as root, so as root the cluster belongs to the `postgres` user."""
+
+    def __init__(self):
+        import tempfile
+        self.bin, self.port, self.database = postgres_bin(), free_port(), "riskops_test"
+        self.dir = Path(tempfile.mkdtemp(prefix="riskops-pg-", dir="/tmp"))
+        self.data, self.log = self.dir / "data", self.dir / "server.log"
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_owner: shutil.chown(self.dir, "postgres", "postgres")
+        self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *args):
+        return run([*self.as_owner, str(self.bin / args[0]), *args[1:]], self.dir)
+
+    def init(self):
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
+
+    def start(self):
+        opts = f"-c listen_addresses=127.0.0.1 -k {self.dir} -p {self.port} -c fsync=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast"):
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def createdb(self):
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
+
+    def destroy(self):
+        if (self.data / "postmaster.pid").exists():
+            run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                self.dir, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    "A running PostgreSQL server for the session (stopped and removed at the end, also after a failure)."
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        server.createdb()
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    "SQLAlchemy URL (psycopg 3) of an empty database on the session's PostgreSQL server."
+    return postgres_server.url
