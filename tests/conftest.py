@@ -160,3 +160,31 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     "SQLAlchemy URL (psycopg 3) of an empty database on the session's PostgreSQL server."
     return postgres_server.url
+
+
+def chromium() -> str:
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None: pytest.fail("chromium not found: `make install` installs Debian's chromium package")
+    return exe
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+# No network for the page: every host name fails to resolve and anything else goes to a closed proxy port.
+CHROMIUM_OFFLINE = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"]
+
+
+def screenshot(page: Path, tmp: Path, *flags: str, size=(1280, 4000)):
+    "`page` (an HTML file) rendered by headless Chromium, as an RGB array of `size` (width, height)."
+    import numpy as np
+    from PIL import Image
+    shot, profile = tmp / f"{page.stem}.png", tmp / f"{page.stem}_profile"
+    subprocess.run([chromium(), *CHROMIUM_FLAGS, *flags, f"--user-data-dir={profile}", f"--screenshot={shot}",
+                    f"--window-size={size[0]},{size[1]}", page.as_uri()], capture_output=True, timeout=120, check=True)
+    return np.asarray(Image.open(shot).convert("RGB"))
+
+
+def plot_coloured(page) -> int:
+    "How many pixels of a screenshot have the plots' colours: saturated ones (text, tables, backgrounds are greys)."
+    pixels = page.reshape(-1, 3).astype(int)
+    return int(((pixels.max(axis=1) - pixels.min(axis=1)) > 80).sum())

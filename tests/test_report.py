@@ -5,17 +5,14 @@ import base64
 import io
 import json
 import re
-import shutil
-import subprocess
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from pipeline.report import metrics_table, performance_table
-from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, run
+from tests.conftest import copy_repo, deep_merge, load_yaml, mlflow_env, plot_coloured, run, screenshot
 
 IMG = re.compile(r'<img[^>]+src="data:image/png;base64,([^"]+)"')
 
@@ -154,25 +151,12 @@ def test_another_version_is_rescored_on_the_current_test_split(repo, monkeypatch
     assert f"{evaluated['baseline_auc']:.4f}" in html and len(images(html)) == 1
 
 
-def chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None: pytest.fail("chromium not found: `make install` installs Debian's chromium package")
-    return exe
-
-
 @pytest.mark.parametrize("name", ["model_report", "drift_report_shifted_batch"])
 def test_html_renders_in_headless_chromium(repo, drift_html, tmp_path, name):
     repo, *_ = repo
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
-                    f"--screenshot={shot}", "--window-size=1280,4000", (repo / f"reports/{name}.html").as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    page = np.asarray(Image.open(shot).convert("RGB"))
+    page = screenshot(repo / f"reports/{name}.html", tmp_path)
     assert page.shape[:2] == (4000, 1280)
-    pixels = page.reshape(-1, 3).astype(int)
-    saturated = (pixels.max(axis=1) - pixels.min(axis=1)) > 80  # the plots' colours: text and tables are greys
-    assert saturated.sum() > 5000, saturated.sum()
+    assert plot_coloured(page) > 5000, plot_coloured(page)
     assert (page.reshape(-1, 3).std(axis=0) > 20).all()  # not a blank page
 
 
