@@ -188,3 +188,40 @@ def plot_coloured(page) -> int:
     "How many pixels of a screenshot have the plots' colours: saturated ones (text, tables, backgrounds are greys)."
     pixels = page.reshape(-1, 3).astype(int)
     return int(((pixels.max(axis=1) - pixels.min(axis=1)) > 80).sum())
+
+
+# --- One small trained pair of models and their bundle, shared by the tests that need a model ---------------------
+
+@pytest.fixture(scope="session")
+def small_splits(small_params, root):
+    from pipeline.featurize import split_frame
+    from pipeline.validate import read_input, validate_frame
+    params = {**small_params, "data": {**small_params["data"], "path": str(root / small_params["data"]["path"])}}
+    valid, _, _ = validate_frame(read_input(params), params)
+    assert len(valid) <= small_params["data"]["sample_rows"]
+    return split_frame(valid, params)
+
+
+@pytest.fixture(scope="session")
+def small_trained(small_splits, small_params) -> dict:
+    "train_models on the small profile: models (baseline, xgboost), valid metrics, winner, study; and the featurizer."
+    from pipeline.featurize import Featurizer
+    from pipeline.train import train_models
+    featurizer = Featurizer.from_params(small_params).fit(small_splits["train"])
+    return train_models(small_splits, featurizer, small_params, progress=False) | {"featurizer": featurizer}
+
+
+def make_bundle(model, splits, params, dest: Path):
+    "A bundle of `model` with the decision rules `evaluate` would choose for it; returns the loaded Bundle."
+    from pipeline.bundle import load_bundle, write_bundle
+    from pipeline.evaluate import bundle_lineage, decision_rules, evaluate_models
+    metrics, _ = evaluate_models(splits, {"m": model}, "m", params)
+    rows = {k: len(v) for k, v in splits.items()}
+    sha = write_bundle(dest, model, decision_rules(metrics, params), bundle_lineage(params, model, rows))
+    return load_bundle(dest, sha)
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_trained, small_splits, small_params, tmp_path_factory):
+    "The small XGBoost model as a bundle folder (verified, loaded)."
+    return make_bundle(small_trained["models"]["xgboost"], small_splits, small_params, tmp_path_factory.mktemp("bundle") / "b")

@@ -14,7 +14,7 @@ from pipeline.batches import make_batches
 from pipeline.core import target_vector
 from pipeline.drift import (alert_records, chi2_test, code_counts, drift_html, drift_report, expected_auc, feature_drift,
                             js_distance, numeric_test, post_webhook, psi, score_psi, send_alerts, status)
-from pipeline.featurize import bin_shares, build_featurizer, code_shares, quantile_edges, reference_profile, split_frame
+from pipeline.featurize import bin_shares, Featurizer, code_shares, quantile_edges, reference_profile, split_frame
 from pipeline.train import fit_baseline
 from pipeline.validate import validate_frame
 
@@ -24,7 +24,7 @@ def world(raw, params):
     "The default data validated and split, the training reference profile, and a quickly fitted baseline model."
     valid, _, _ = validate_frame(raw, params)
     s = split_frame(valid, params)
-    featurizer = build_featurizer(params).fit(s["train"])
+    featurizer = Featurizer.from_params(params).fit(s["train"])
     model = make_pipeline(featurizer, fit_baseline(featurizer.transform(s["train"]), target_vector(s["train"], params), params))
     return s, reference_profile(s["train"], params), model
 

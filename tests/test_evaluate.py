@@ -6,7 +6,7 @@ from pipeline.core import score
 from pipeline.evaluate import (assign_grade, choose_threshold, classification_metrics, curves, evaluate_models,
                                fairness_report, fairness_table, grade_edges, grade_table, perturb, robustness_report,
                                scaled_score)
-from pipeline.featurize import build_featurizer, split_frame
+from pipeline.featurize import Featurizer, split_frame
 from pipeline.train import train_models
 from pipeline.validate import validate_frame
 
@@ -92,7 +92,7 @@ def evaluated(raw, params):
     p = {**params, "train": {**params["train"], "n_trials": 3}, "evaluate": {**params["evaluate"], "bootstrap": 20}}
     rows, _, _ = validate_frame(raw, p)
     splits = split_frame(rows, p)
-    models = train_models(splits, build_featurizer(p).fit(splits["train"]), p, progress=False)["models"]
+    models = train_models(splits, Featurizer.from_params(p).fit(splits["train"]), p, progress=False)["models"]
     metrics, tables = evaluate_models(splits, models, "xgboost", p)
     return p, splits, models, metrics, tables
 

@@ -1,43 +1,58 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline.explain import explain_rows, global_importance
-from pipeline.featurize import build_featurizer
-from pipeline.train import MarginEnsemble, train_models, uncalibrated
-from tests.test_train import small_splits  # noqa: F401  (fixture)
+from pipeline.explain import explain_rows, file_safe, global_importance
+from pipeline.model import MergedBooster
+from pipeline.rules import field_sums
+from pipeline.scorer import Scorer
+from tests.conftest import deep_merge, make_bundle
 
 
-def test_shap_values_add_up_to_the_margin(small_splits, small_params):
-    featurizer = build_featurizer(small_params).fit(small_splits["train"])
-    models = train_models(small_splits, featurizer, small_params, progress=False)["models"]
+def test_shap_values_add_up_to_the_margin(small_trained, small_splits, small_params):
     rows = small_splits["test"].head(50)
-    for name, model in models.items():
+    for name, model in small_trained["models"].items():
         explanation = explain_rows(model, rows)
-        pipe = uncalibrated(model)
-        margin = pipe[-1].decision_function(pipe[:-1].transform(rows))
         recon = explanation.values.sum(axis=1) + explanation.base_values
-        assert np.abs(recon - margin).max() < 1e-4, name
-    ensemble = uncalibrated(models["xgboost"])[-1]
-    t = small_params["train"]
-    assert isinstance(ensemble, MarginEnsemble) and len(ensemble.hps) == min(t["ensemble_top_k"], t["n_trials"])
-    importance = global_importance(explain_rows(models["xgboost"], rows))
+        assert np.abs(recon - model.margin(rows)).max() < 1e-4, name
+    ensemble = small_trained["models"]["xgboost"].estimator
+    assert isinstance(ensemble, MergedBooster) and len(ensemble.oof_margin_) == len(small_splits["train"]) + len(small_splits["valid"])
+    importance = global_importance(explain_rows(small_trained["models"]["xgboost"], rows))
     assert importance.mean_abs_shap.is_monotonic_decreasing and len(importance) == explanation.values.shape[1]
 
 
-def test_reason_codes_are_the_largest_positive_contributions(small_splits, small_params):
-    from pipeline.explain import reason_codes
-    featurizer = build_featurizer(small_params).fit(small_splits["train"])
-    model = train_models(small_splits, featurizer, small_params, progress=False)["models"]["xgboost"]
-    explanation = explain_rows(model, small_splits["test"].head(30))
-    codes = reason_codes(explanation, k=3, descriptions={"PAY_0": "September repayment status"})
-    assert len(codes) == 30
-    for i, rc in enumerate(codes):
-        values = explanation.values[i]
-        positive = sorted(values[values > 0], reverse=True)[:3]
-        assert [c["contribution"] for c in rc] == pytest.approx(positive)
-        for c in rc:
-            j = explanation.feature_names.index(c["feature"])
-            assert c["value"] == pytest.approx(explanation.data[i, j])
-            assert c["text"].startswith(c["feature"]) and "raised the risk by" in c["text"]
-            if c["feature"] == "PAY_0":
-                assert c["text"].startswith("PAY_0 (September repayment status) = ")
+@pytest.mark.parametrize("kind", ["xgboost", "baseline"])
+def test_reason_codes_name_the_applicants_fields_with_their_values(kind, small_trained, small_splits, small_params, tmp_path):
+    exact = deep_merge(small_params, {"serve": {"contributions": "exact", "reason_codes": 3},
+                                      "explain": {"descriptions": {"PAY_0": "September repayment status"}}})
+    bundle = make_bundle(small_trained["models"][kind], small_splits, small_params, tmp_path / kind)
+    rows = small_splits["test"].head(40).copy()
+    rows.loc[rows.index[:3], "EDUCATION"] = None
+    answers = Scorer(bundle, exact).answers(rows)
+    model = bundle.model
+    explanation = explain_rows(model, rows)
+    per_field, fields = field_sums(explanation.values, model.featurizer.fields_)
+    declared = set(small_params["columns"]["numeric"]) | set(small_params["columns"]["categorical"])
+    engineered = set(model.featurizer.ratios) | set(model.featurizer.aggregates)
+    for i, answer in enumerate(answers):
+        positive = sorted(per_field[i][per_field[i] > 0], reverse=True)[:3]
+        assert [c["contribution"] for c in answer["reason_codes"]] == pytest.approx(positive)
+        for c in answer["reason_codes"]:
+            assert c["feature"] in declared | engineered  # a field, never a one-hot or indicator column
+            if c["feature"] in small_params["columns"]["categorical"]:  # the applicant's own code, or missing
+                got = rows[c["feature"]].iloc[i]
+                assert c["value"] == ("missing" if got is None else str(got))
+            elif c["feature"] in declared:
+                assert c["value"] == pytest.approx(float(rows[c["feature"]].iloc[i]))
+            assert "raised the risk by" in c["text"]
+            if c["feature"] == "PAY_0": assert c["text"].startswith("PAY_0 (September repayment status) = ")
+    # an applicant's reasons do not depend on who else is in the request
+    alone = Scorer(bundle, exact).answers(rows.iloc[[7]])[0]["reason_codes"]
+    assert alone == answers[7]["reason_codes"]
+
+
+def test_file_names_from_feature_names_are_safe():
+    for name in ["Purpose=car/new", "a\\b", "x" * 300, "ok_name"]:
+        safe = file_safe(name)
+        assert "/" not in safe and "\\" not in safe and len(safe) < 80
+    assert file_safe("ok_name") == "ok_name" and file_safe("a/b") != file_safe("a_b")

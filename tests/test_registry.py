@@ -12,7 +12,7 @@ from sklearn.pipeline import Pipeline
 
 from pipeline.core import setup_mlflow, target_vector
 from pipeline.evaluate import decision_rules, evaluate_models
-from pipeline.featurize import build_featurizer, split_frame
+from pipeline.featurize import Featurizer, split_frame
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
                                register_candidate, rollback)
 from pipeline.train import CalibratedMargin, MarginEnsemble, log_models, train_models
@@ -27,7 +27,7 @@ def setting(raw, params, tmp_path_factory):
     p = {**params, "train": {**params["train"], "n_trials": 3}, "evaluate": {**params["evaluate"], "bootstrap": 20}}
     rows, _, _ = validate_frame(raw, p)
     splits = split_frame(rows, p)
-    featurizer = build_featurizer(p).fit(splits["train"])
+    featurizer = Featurizer.from_params(p).fit(splits["train"])
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     mp = pytest.MonkeyPatch()
     for k, v in env.items(): mp.setenv(k, v)

@@ -18,7 +18,7 @@ import yaml
 
 from pipeline.core import target_vector
 from pipeline.evaluate import grade_edges, threshold_for
-from pipeline.featurize import build_featurizer, split_frame
+from pipeline.featurize import Featurizer, split_frame
 from pipeline.validate import read_input, validate_frame
 from pipeline.service import (AuditWriter, Scorer, applicant_model, check_sample, invalid_rows, load_scorer,
                               records_frame)
@@ -41,7 +41,7 @@ def small_model(tmp_path_factory, small_params, root):
 def _train_small_model(tmp_path_factory, small_params, root) -> dict:
     params = {**small_params, "data": {**small_params["data"], "path": str(root / small_params["data"]["path"])}}
     splits = split_frame(validate_frame(read_input(params), params)[0], params)
-    featurizer = build_featurizer(small_params).fit(splits["train"])
+    featurizer = Featurizer.from_params(small_params).fit(splits["train"])
     quick = deep_merge(small_params, {"train": {"n_trials": 2, "ensemble_top_k": 2, "max_rounds": 120}})
     model = train_models(splits, featurizer, quick, progress=False)["models"]["xgboost"]
     pv = model.predict_proba(splits["valid"])[:, 1]

@@ -5,21 +5,13 @@ import xgboost as xgb
 from sklearn.metrics import roc_auc_score
 
 from pipeline.core import score, target_vector
-from pipeline.featurize import build_featurizer, split_frame
-from pipeline.train import CalibratedMargin, holdout_scores, merge_boosters, train_models, uncalibrated
-from pipeline.validate import read_input, validate_frame
-
-
-@pytest.fixture(scope="module")
-def small_splits(small_params, root):
-    params = {**small_params, "data": {**small_params["data"], "path": str(root / small_params["data"]["path"])}}
-    valid, _, _ = validate_frame(read_input(params), params)
-    assert len(valid) <= small_params["data"]["sample_rows"]
-    return split_frame(valid, params)
+from pipeline.featurize import Featurizer, split_frame
+from pipeline.model import CalibratedMargin, holdout_scores
+from pipeline.train import merge_boosters, train_models
 
 
 def test_training_is_seeded_and_picks_the_better_model(small_splits, small_params):
-    featurizer = build_featurizer(small_params).fit(small_splits["train"])
+    featurizer = Featurizer.from_params(small_params).fit(small_splits["train"])
     a = train_models(small_splits, featurizer, small_params, progress=False)
     b = train_models(small_splits, featurizer, small_params, progress=False)
     assert a["study"].best_params == b["study"].best_params
@@ -46,10 +38,9 @@ def test_merged_booster_is_the_mean_of_its_members():
     assert np.abs(contribs - mean_contribs).max() < 1e-4
 
 
-def test_cross_fitted_model_scores_its_own_rows_out_of_fold(small_splits, small_params):
-    featurizer = build_featurizer(small_params).fit(small_splits["train"])
-    model = train_models(small_splits, featurizer, small_params, progress=False)["models"]["xgboost"]
-    ensemble, valid = uncalibrated(model)[-1], small_splits["valid"]
+def test_cross_fitted_model_scores_its_own_rows_out_of_fold(small_trained, small_splits, small_params):
+    featurizer, model = small_trained["featurizer"], small_trained["models"]["xgboost"]
+    ensemble, valid = model.estimator, small_splits["valid"]
     yv = target_vector(valid, small_params)
     # it trained on the validation rows: in-sample scores flatter it, out-of-fold scores do not
     assert roc_auc_score(yv, score(model, valid)) > roc_auc_score(yv, holdout_scores(model, valid)) + 0.02
@@ -63,7 +54,7 @@ def test_cross_fitted_model_scores_its_own_rows_out_of_fold(small_splits, small_
     on_oof = CalibratedMargin(None, method).fit(None, y_fit, margin=ensemble.oof_margin_)
     in_sample = CalibratedMargin(ensemble, method).fit(featurizer.transform(fitted), y_fit)
     grid = np.linspace(-3, 3, 7)
-    assert np.allclose(model[-1].probability(grid), on_oof.probability(grid))
+    assert np.allclose(model.calibrated.probability(grid), on_oof.probability(grid))
     assert np.abs(in_sample.probability(grid) - on_oof.probability(grid)).max() > 0.01
 
 
