@@ -21,20 +21,22 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
 
-from .core import (as_code, get_logger, in_notebook, ks_statistic, load_models, load_params, read_json,
-                           read_table, rounded, score, setup_mlflow, stage_cli, target_vector, write_json)
-from .featurize import bin_shares, quantile_edges
+from .core import (get_logger, in_notebook, ks_statistic, load_models, load_params, read_json,
+                           read_table, rounded, score, setup_mlflow, stage_cli, target_vector)
+from .featurize import bin_counts, bin_shares, code_counts, quantile_edges
 from .validate import html_page, validate_frame
 
 # %% auto #0
-__all__ = ['EPS', 'LEVELS', 'psi', 'status', 'code_counts', 'numeric_test', 'ks_test', 'chi2_test', 'js_distance',
-           'feature_drift', 'score_bins', 'score_psi', 'expected_auc', 'performance', 'labels', 'performance_drift',
-           'drift_report', 'alert_records', 'webhook_url', 'post_webhook', 'send_alerts', 'histogram_png', 'drift_html',
-           'main']
+__all__ = ['EPS', 'LEVELS', 'INSUFFICIENT', 'ONE_CLASS', 'NOT_APPLICABLE', 'psi', 'status', 'numeric_test', 'ks_test',
+           'chi2_test', 'js_distance', 'feature_status', 'feature_drift', 'score_bins', 'score_psi', 'expected_auc',
+           'performance', 'labels', 'performance_drift', 'drift_report', 'alert_records', 'webhook_url', 'post_webhook',
+           'send_alerts', 'json_ready', 'write_strict_json', 'feature_records', 'histogram_png', 'drift_html', 'main']
 
 # %% ../nbs/06_drift.ipynb #3abc7382
 EPS = 1e-4
 LEVELS = ("stable", "monitor", "alert")
+INSUFFICIENT = "insufficient data"
+ONE_CLASS = "not measurable (one class)"
 
 def psi(reference: np.ndarray, current: np.ndarray, eps: float = EPS) -> float:
     "Population stability index between two vectors of bin shares."
@@ -46,31 +48,15 @@ def status(value: float, params: dict) -> str:
     d = params["drift"]
     return "alert" if value > d["psi_alert"] else "monitor" if value > d["psi_monitor"] else "stable"
 
-# %% ../nbs/06_drift.ipynb #8ef66302
-def code_counts(values: pd.Series, codes: list[str]) -> np.ndarray:
-    "Counts of each known code, then of unknown codes, then of missing values (as `featurize.code_shares`)."
-    vc = pd.Series(values, copy=False).value_counts(dropna=False)
-    keys = as_code(pd.Series(vc.index, dtype=object))
-    pos = pd.Categorical(keys, categories=codes).codes
-    n = vc.to_numpy(float)
-    known = np.bincount(pos[pos >= 0], weights=n[pos >= 0], minlength=len(codes))
-    return np.append(known, [n[(pos < 0) & keys.notna().to_numpy()].sum(), n[keys.isna().to_numpy()].sum()])
-
+# %% ../nbs/06_drift.ipynb #07f3c0c8
 def numeric_test(reference: np.ndarray, current: np.ndarray, edges: list[float]) -> tuple[np.ndarray, float, float]:
-    """The batch's shares in the reference bins (as `featurize.bin_shares`), and the two-sample KS statistic and
-    asymptotic p-value: one `searchsorted` of the batch into the distinct reference values and the bin edges."""
+    """The batch's shares in the reference bins, and the two-sample KS statistic and asymptotic p-value: one
+    `featurize.bin_counts` pass of the batch over the distinct reference values and the bin edges."""
     r = np.sort(reference[~np.isnan(reference)])
-    missing = np.isnan(current)
-    c = current[~missing]
-    edges = np.asarray(edges, float)
-    grid = np.union1d(r, edges)
-    pos = np.searchsorted(grid, c, side="left")                # first grid point >= each batch value
-    hit = grid[np.minimum(pos, len(grid) - 1)] == c if len(grid) else np.zeros(len(c), bool)
-    le = np.cumsum(np.bincount(pos, minlength=len(grid) + 1)[:-1])   # batch values <= each grid point
-    lt = le - np.bincount(pos[hit], minlength=len(grid))             # batch values < each grid point
-    below = np.concatenate([[0], lt[np.searchsorted(grid, edges)], [len(c)]])
-    shares = np.append(np.diff(below), missing.sum()) / max(len(current), 1)
-    n, m = len(r), len(c)
+    grid = np.union1d(r, np.asarray(edges, float))
+    counts, le, lt = bin_counts(current, edges, grid)
+    shares = counts / max(len(current), 1)
+    n, m = len(r), int(len(current) - counts[-1])
     if n == 0 or m == 0: return shares, np.nan, np.nan
     r_le, r_lt = np.searchsorted(r, grid, side="right") / n, np.searchsorted(r, grid, side="left") / n
     d = float(max(np.abs(le / m - r_le).max(), np.abs(lt / m - r_lt).max()))
@@ -93,6 +79,18 @@ def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
     return float(jensenshannon(reference, current, base=2)) if np.sum(current) > 0 else np.nan
 
 # %% ../nbs/06_drift.ipynb #3ad8a077
+def feature_status(value: float, ref_shares: np.ndarray, cur_shares: np.ndarray, rows: int, params: dict) -> tuple[str, str, float]:
+    """Status of one feature, what decided it, and the batch's share of rows in bins the reference left empty. Fewer
+    than `drift.min_rows` rows: insufficient data. A reference filling fewer than two bins (missing values aside): any
+    row off its value is at least `monitor`. Else PSI's status."""
+    ref, cur = np.asarray(ref_shares), np.asarray(cur_shares)
+    off = float(cur[ref <= 0].sum())
+    if rows < params["drift"]["min_rows"]: return INSUFFICIENT, f"fewer than drift.min_rows={params['drift']['min_rows']} rows", off
+    level = status(value, params)
+    if (ref[:-1] > 0).sum() < 2 and off > 0 and level == "stable":
+        return "monitor", "rows off the reference's only value", off
+    return level, "PSI", off
+
 def _numeric_drift(spec: dict, reference: np.ndarray, current: np.ndarray) -> dict:
     shares, ks, ks_p = numeric_test(reference, current, spec["edges"])
     return {"shares": shares, "ks": ks, "ks_pvalue": ks_p, "chi2": np.nan, "chi2_pvalue": np.nan}
@@ -104,7 +102,8 @@ def _categorical_drift(spec: dict, reference: pd.Series, current: pd.Series) -> 
 
 def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, params: dict) -> pd.DataFrame:
     """Per feature: PSI against the saved reference bins, KS (numeric) or chi-square (categorical) with p-value,
-    Jensen-Shannon distance, status. The batch's bin shares are in `table.attrs["shares"]`."""
+    Jensen-Shannon distance, share of rows in bins the reference left empty, status and what decided it. The batch's
+    bin shares are in `table.attrs["shares"]`."""
     rows, shares = [], {}
     for col, spec in profile.items():
         if spec["kind"] == "numeric":
@@ -113,9 +112,10 @@ def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame,
         shares[col] = d.pop("shares")
         ref = np.asarray(spec["shares"])
         value = psi(ref, shares[col])
+        level, basis, off = feature_status(value, ref, shares[col], len(current), params)
         rows.append({"feature": col, "kind": spec["kind"], "psi": value, "ks": d["ks"], "ks_pvalue": d["ks_pvalue"],
-                     "status": status(value, params), "chi2": d["chi2"], "chi2_pvalue": d["chi2_pvalue"],
-                     "js_distance": js_distance(ref, shares[col])})
+                     "status": level, "chi2": d["chi2"], "chi2_pvalue": d["chi2_pvalue"],
+                     "js_distance": js_distance(ref, shares[col]), "off_reference_share": off, "status_basis": basis})
     table = pd.DataFrame(rows).set_index("feature")
     table.attrs["shares"] = shares
     return table
@@ -142,13 +142,13 @@ def expected_auc(p: np.ndarray) -> float:
     return float((np.sum(pos * (below + 0.5 * neg)) - 0.5 * self_pairs) / den) if den > 0 else np.nan
 
 def performance(y: np.ndarray | None, p: np.ndarray) -> dict:
-    "Expected AUC and default rate from the scores; AUC, KS and default rate too when labels `y` are given."
+    """Expected AUC and default rate from the scores; AUC, KS and default rate too when labels `y` are given (AUC and
+    KS None, with a reason, when the labels hold one class)."""
     out = {"expected_auc": expected_auc(p), "expected_default_rate": float(np.mean(p))}
-    if y is not None:
-        both = 0 < y.mean() < 1
-        out |= {"auc": float(roc_auc_score(y, p)) if both else np.nan, "ks": ks_statistic(y, p) if both else np.nan,
-                "default_rate": float(y.mean())}
-    return out
+    if y is None: return out
+    out["default_rate"] = float(y.mean())
+    if 0 < y.mean() < 1: return out | {"auc": float(roc_auc_score(y, p)), "ks": ks_statistic(y, p)}
+    return out | {"auc": None, "auc_reason": ONE_CLASS, "ks": None, "ks_reason": ONE_CLASS}
 
 def labels(df: pd.DataFrame, params: dict) -> np.ndarray | None:
     "The 0/1 target of a batch, or None when it has no (complete) labels."
@@ -157,16 +157,21 @@ def labels(df: pd.DataFrame, params: dict) -> np.ndarray | None:
 
 # %% ../nbs/06_drift.ipynb #0167f72e
 def performance_drift(model, baseline: pd.DataFrame, current: pd.DataFrame, params: dict) -> dict:
-    "Reference performance on `baseline` (labelled), the batch's realised or expected performance, drop, status."
+    """Reference performance on `baseline` (labelled), the batch's realised or expected performance, drop, status. The
+    realised AUC drop decides when it can be measured; with no labels or labels of one class, the expected (CBPE) drop."""
     d = params["drift"]
     ref = performance(labels(baseline, params), score(model, baseline))
     y = labels(current, params)
     cur = performance(y, score(model, current))
     out = {f"reference_{k}": v for k, v in ref.items()} | {f"current_{k}": v for k, v in cur.items()}
     out["expected_auc_drop"] = ref["expected_auc"] - cur["expected_auc"]
-    if y is not None: out["auc_drop"] = ref["auc"] - cur["auc"]
-    drop = out.get("auc_drop", out["expected_auc_drop"])
-    out["performance_basis"] = "labels" if y is not None else "estimated (CBPE)"
+    measured = y is not None and ref.get("auc") is not None and cur["auc"] is not None
+    out["realised_performance"] = "no labels" if y is None else "measured" if measured else ONE_CLASS
+    if y is not None:
+        out["auc_drop"] = ref["auc"] - cur["auc"] if measured else None
+        if not measured: out["auc_drop_reason"] = ONE_CLASS
+    drop = out["auc_drop"] if measured else out["expected_auc_drop"]
+    out["performance_basis"] = "labels" if measured else "estimated (CBPE)"
     out["performance_status"] = ("alert" if drop > d["auc_drop_alert"] else "monitor" if drop > d["auc_drop_monitor"]
                                  else "stable")
     return out
@@ -183,29 +188,37 @@ def drift_report(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, 
     table.attrs["score"] = scores
     s_psi = psi(np.asarray(scores["shares"]), scores["current"])
     perf = performance_drift(model, reference if baseline is None else baseline, valid, params)
-    overall = max([*table.status, status(s_psi, params), perf["performance_status"]], key=LEVELS.index)
-    summary = {"status": overall, "score_psi": s_psi, "score_status": status(s_psi, params),
+    s_status = status(s_psi, params)
+    few, note = len(valid) < params["drift"]["min_rows"], {}
+    if few:
+        s_status = perf["performance_status"] = INSUFFICIENT
+        note = {"status_reason": f"{len(valid)} valid rows, fewer than drift.min_rows={params['drift']['min_rows']}: "
+                                 "figures shown, no status judged"}
+    overall = INSUFFICIENT if few else max([*table.status, s_status, perf["performance_status"]], key=LEVELS.index)
+    summary = {"status": overall, **note, "score_psi": s_psi, "score_status": s_status,
                "features_alert": int((table.status == "alert").sum()),
                "features_monitor": int((table.status == "monitor").sum()),
                "max_feature_psi": float(table.psi.max()), "max_js_distance": float(table.js_distance.max()),
                "rows": validation["rows_in"], "rows_quarantined": validation["rows_quarantined"],
                "batch_bad_share": validation["bad_share"], "batch_rules": validation["rules"]} | perf
-    if "current_auc" in perf: summary |= {"current_default_rate": perf["current_default_rate"], "current_auc": perf["current_auc"]}
     return table, summary
 
 # %% ../nbs/06_drift.ipynb #0e2ff2a4
 def alert_records(table: pd.DataFrame, summary: dict, params: dict) -> list[dict]:
-    "One record per feature, score or performance figure not `stable`, and for a batch failing validation."
+    "One record per feature, score or performance figure at `monitor` or `alert`, and for a batch failing validation."
     d = params["drift"]
     def rec(kind, name, level, metric, value, threshold):
         return {"level": level, "kind": kind, "name": name, "metric": metric, "value": round(float(value), 6),
                 "threshold": threshold, "message": f"{name}: {metric} {value:.4f} above {threshold} ({level})"}
     psi_limit = {"alert": d["psi_alert"], "monitor": d["psi_monitor"]}
-    out = [rec("feature", f, r.status, "PSI", r.psi, psi_limit[r.status]) for f, r in table.iterrows() if r.status != "stable"]
-    if summary["score_status"] != "stable":
+    judged = lambda level: level in psi_limit  # stable and "insufficient data" raise nothing
+    out = [rec("feature", f, r.status, "PSI", r.psi, psi_limit[r.status]) if r.status_basis == "PSI" else
+           rec("feature", f, r.status, "share of rows off the reference", r.off_reference_share, 0)
+           for f, r in table.iterrows() if judged(r.status)]
+    if judged(summary["score_status"]):
         out.append(rec("score", "score", summary["score_status"], "PSI", summary["score_psi"], psi_limit[summary["score_status"]]))
-    if summary["performance_status"] != "stable":
-        metric = "auc_drop" if "auc_drop" in summary else "expected_auc_drop"
+    if judged(summary["performance_status"]):
+        metric = "auc_drop" if summary.get("auc_drop") is not None else "expected_auc_drop"
         level = summary["performance_status"]
         out.append(rec("performance", "model", level, metric, summary[metric], d[f"auc_drop_{level}"]))
     if summary["batch_bad_share"] > params["validate"]["max_bad_share"]:
@@ -251,11 +264,51 @@ def send_alerts(alerts: list[dict], summary: dict, params: dict) -> dict:
     return {"configured": True, "sent": True} | post_webhook(
         url, payload, w.get("retries", 4), w.get("backoff_s", 0.5), w.get("timeout_s", 5.0), w.get("max_total_s", 20.0))
 
+# %% ../nbs/06_drift.ipynb #304304f3
+def json_ready(obj, reason: str = "not a finite number"):
+    "`obj` with NaN and infinities as None; in a dict, each such entry gets a `<key>_reason` unless it has one."
+    if isinstance(obj, dict):
+        out = {k: json_ready(v, reason) for k, v in obj.items()}
+        for k, v in obj.items():
+            if out[k] is None and v is not None and f"{k}_reason" not in obj: out[f"{k}_reason"] = reason
+        return out
+    if isinstance(obj, (list, tuple)): return [json_ready(v, reason) for v in obj]
+    if isinstance(obj, np.generic): obj = obj.item()
+    return None if isinstance(obj, float) and not np.isfinite(obj) else obj
+
+def write_strict_json(obj, path: str | Path) -> Path:
+    "Write `obj` as indented strict JSON (`json_ready`, then `allow_nan=False`), creating the folder."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False, default=str) + "\n")
+    return path
+
+NOT_APPLICABLE = {"numeric": {"chi2": "categorical features only (numeric: KS)", "chi2_pvalue": "categorical features only (numeric: KS)"},
+                  "categorical": {"ks": "numeric features only (categorical: chi-square)", "ks_pvalue": "numeric features only (categorical: chi-square)"}}
+
+def feature_records(table: pd.DataFrame) -> dict:
+    "The feature table as JSON-ready records, rounded; a statistic that does not apply is None with its reason."
+    out = {}
+    for f, r in table.round(6).astype(object).iterrows():
+        reasons = {f"{k}_reason": why for k, why in NOT_APPLICABLE[r["kind"]].items()}
+        out[f] = json_ready(r.to_dict() | reasons)
+    return out
+
 # %% ../nbs/06_drift.ipynb #ded1441e
+def _range_label(a: float, b: float) -> str:
+    "Label of the bin [a, b); an edge just above a value (`nextafter`, not a cut point) opens or closes the range at that value."
+    above = lambda x: np.isfinite(x) and len(repr(float(np.nextafter(x, -np.inf)))) < len(repr(float(x)))  # 2.0000000000000004
+    lo, hi = (np.nextafter(a, -np.inf) if above(a) else a), (np.nextafter(b, -np.inf) if above(b) else b)
+    if not np.isfinite(a): return f"<={hi:g}" if above(b) else f"<{hi:g}"
+    if not np.isfinite(b): return f">{lo:g}" if above(a) else f">={lo:g}"
+    if b == np.nextafter(a, np.inf): return f"{a:g}"
+    return f"{'(' if above(a) else '['}{lo:g}, {hi:g}{']' if above(b) else ')'}"
+
 def _bin_labels(spec: dict) -> list[str]:
+    "A label per bin of a profile entry: its codes, or its numeric ranges; then missing."
     if spec["kind"] == "categorical": return [*spec["codes"], "other", "missing"]
-    e = [f"{x:g}" for x in spec["edges"]]
-    return [f"<{e[0]}", *[f"{a}-{b}" for a, b in zip(e, e[1:])], f">={e[-1]}", "missing"] if e else ["all", "missing"]
+    bounds = [-np.inf, *spec["edges"], np.inf]
+    return [*(_range_label(a, b) for a, b in zip(bounds, bounds[1:])), "missing"] if spec["edges"] else ["all", "missing"]
 
 def histogram_png(name: str, spec: dict, current: np.ndarray) -> str:
     "Bar chart of reference vs batch shares per reference bin, as a base64 PNG."
@@ -275,7 +328,7 @@ def histogram_png(name: str, spec: dict, current: np.ndarray) -> str:
 
 def drift_html(profile: dict, table: pd.DataFrame, summary: dict, alerts: list[dict]) -> str:
     "The drift report as one self-contained page: summary, alerts, status table, histograms."
-    colour = {"stable": "#1a7f37", "monitor": "#9a6700", "alert": "#cf222e"}
+    colour = {"stable": "#1a7f37", "monitor": "#9a6700", "alert": "#cf222e", INSUFFICIENT: "#57606a"}
     facts = pd.Series({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, dtype=object)
     shown = table.copy()
     shown["status"] = [f"<b style='color:{colour[s]}'>{s}</b>" for s in table.status]
@@ -308,10 +361,10 @@ def main(argv=None) -> int:
     delivery = send_alerts(alerts, summary, params)
     Path("reports").mkdir(exist_ok=True)
     table.round(6).to_csv("reports/drift.csv")
-    features = table.round(6).astype(object).where(table.notna(), None).to_dict(orient="index")
-    write_json(rounded(summary) | {"features": features}, "metrics/drift.json")
-    write_json({"status": summary["status"], "batch": batch, "alerts": [a for a in alerts if a["level"] == "alert"],
-                "monitor": [a for a in alerts if a["level"] == "monitor"], "webhook": delivery}, "reports/alerts.json")
+    write_strict_json(rounded(summary) | {"features": feature_records(table)}, "metrics/drift.json")
+    write_strict_json({"status": summary["status"], "batch": batch, "alerts": [a for a in alerts if a["level"] == "alert"],
+                       "monitor": [a for a in alerts if a["level"] == "monitor"], "webhook": delivery}
+                      | ({"status_reason": summary["status_reason"]} if "status_reason" in summary else {}), "reports/alerts.json")
     Path("reports/drift.html").write_text(drift_html(profile, table, summary, alerts))
     setup_mlflow(params)
     with mlflow.start_run(run_name="drift", tags={"batch": batch, "model_run_id": info["run_id"], "status": summary["status"]}):
