@@ -48,7 +48,7 @@ def status(value: float, params: dict) -> str:
     d = params["drift"]
     return "alert" if value > d["psi_alert"] else "monitor" if value > d["psi_monitor"] else "stable"
 
-# %% ../nbs/06_drift.ipynb #082cf1fa
+# %% ../nbs/06_drift.ipynb #2d5591bb
 def numeric_test(reference: np.ndarray, current: np.ndarray, edges: list[float]) -> tuple[np.ndarray, float, float]:
     """The batch's shares in the reference bins, and the two-sample KS statistic and asymptotic p-value: one
     `featurize.bin_counts` pass of the batch over the distinct reference values and the bin edges."""
@@ -264,7 +264,7 @@ def send_alerts(alerts: list[dict], summary: dict, params: dict) -> dict:
     return {"configured": True, "sent": True} | post_webhook(
         url, payload, w.get("retries", 4), w.get("backoff_s", 0.5), w.get("timeout_s", 5.0), w.get("max_total_s", 20.0))
 
-# %% ../nbs/06_drift.ipynb #07c20ee7
+# %% ../nbs/06_drift.ipynb #ec472cdb
 def json_ready(obj, reason: str = "not a finite number"):
     "`obj` with NaN and infinities as None; in a dict, each such entry gets a `<key>_reason` unless it has one."
     if isinstance(obj, dict):
