@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .core import cli_parser, get_logger, in_notebook, load_params, read_table
 
 # %% auto #0
-__all__ = ['SCENARIOS', 'intensity', 'check_shifts', 'shift_frame', 'make_batches', 'write_batches', 'main']
+__all__ = ['SCENARIOS', 'intensity', 'check_shifts', 'shift_frame', 'month_plan', 'make_batches', 'write_batches', 'main']
 
 # %% ../nbs/08_batches.ipynb #a5ee089d
 SCENARIOS = ("none", "gradual", "sudden")
@@ -58,14 +58,27 @@ def shift_frame(df: pd.DataFrame, shifts: dict, t: float, params: dict, rng: np.
         out[col] = np.where(rows, new, x)
     return out
 
+def month_plan(rows: int, params: dict) -> tuple[int, int]:
+    """Months and the sudden shift's first month for `rows` source rows: `batches.months`, fewer when a month would hold
+    fewer than `drift.min_rows` rows (at least one month), with `sudden_month` moved to the same share of the way."""
+    b, floor = params["batches"], max(params["drift"].get("min_rows", 1), 1)
+    months = max(1, min(b["months"], rows // floor))
+    if months == b["months"]: return months, b["sudden_month"]
+    sudden = max(1, min(months, round(b["sudden_month"] * months / b["months"])))
+    get_logger("batches").warning("%d source rows: %d months of at least drift.min_rows=%d rows instead of batches.months=%d "
+                                  "(sudden shift from month %d)%s", rows, months, floor, b["months"], sudden,
+                                  "; the one month is below drift.min_rows" if rows < floor else "")
+    return months, sudden
+
 def make_batches(source: pd.DataFrame, scenario: str, params: dict) -> list[pd.DataFrame]:
-    "The monthly batches of `scenario`: the source rows shuffled (seeded), cut into months, shifted."
+    "The monthly batches of `scenario`: the source rows shuffled (seeded), cut into months (`month_plan`), shifted."
     b = params["batches"]
     rng = np.random.default_rng(b["seed"])
     rows = source.sample(frac=1, random_state=b["seed"])
     if not b.get("labels", True): rows = rows.drop(columns=[params["data"]["target"]], errors="ignore")
-    months = np.array_split(np.arange(len(rows)), b["months"])
-    return [shift_frame(rows.iloc[idx], b["shifts"], intensity(scenario, m, b["months"], b["sudden_month"]), params, rng)
+    n_months, sudden = month_plan(len(rows), params)
+    months = np.array_split(np.arange(len(rows)), n_months)
+    return [shift_frame(rows.iloc[idx], b["shifts"], intensity(scenario, m, n_months, sudden), params, rng)
             for m, idx in enumerate(months, start=1)]
 
 # %% ../nbs/08_batches.ipynb #f19b2596
@@ -96,7 +109,7 @@ def main(argv=None) -> int:
     for s in scenarios: intensity(s, 1, b["months"], b["sudden_month"])
     source = read_table(b["source"])
     paths = write_batches(source, scenarios, params, b["out"])
-    log.info("%d rows of %s in %d months x %s: %d files under %s", len(source), b["source"], b["months"],
+    log.info("%d rows of %s in %d months x %s: %d files under %s", len(source), b["source"], len(paths) // max(len(scenarios), 1),
              scenarios, len(paths), b["out"])
     return 0
 

@@ -21,7 +21,7 @@ from .core import (as_code, code_of, feature_columns, get_logger, in_notebook, l
 
 # %% auto #0
 __all__ = ['AGGREGATES', 'MISSING', 'split_frame', 'engineered_features', 'aggregate', 'column', 'safe_name', 'Featurizer',
-           'quantile_edges', 'bin_shares', 'code_shares', 'reference_profile', 'main']
+           'quantile_edges', 'bin_counts', 'bin_shares', 'code_counts', 'code_shares', 'reference_profile', 'main']
 
 # %% ../nbs/02_featurize.ipynb #ac48d713
 def split_frame(df: pd.DataFrame, params: dict) -> dict[str, pd.DataFrame]:
@@ -156,22 +156,57 @@ def frame(self: Featurizer, rows) -> pd.DataFrame:
     return pd.DataFrame(self.transform(rows), columns=self.feature_names_, index=index)
 
 # %% ../nbs/02_featurize.ipynb #c7f773e9
+# Edges: the reference quantiles plus the minimum, a point just above the maximum, and a point just above each value
+# holding at least half a bin's share (a code-like value such as PAY_0 = 2, or a constant column's value), which so is
+# a bin by itself: values the reference never held land in bins of their own, where PSI sees them (ties used to merge
+# PAY_0's quantiles into one bin for 2..8, and a constant column had one bin). `bin_counts` and `code_counts` are the
+# one binning of the reference and of every batch (pipeline.drift calls them).
 def quantile_edges(values: pd.Series, bins: int) -> list[float]:
-    "Inner cut points at the reference quantiles (ties merged)."
-    qs = np.nanquantile(values.to_numpy(float), np.linspace(0, 1, bins + 1)[1:-1])
-    return sorted(set(np.round(qs, 10).tolist()))
+    """Bin edges (a bin is [e_i, e_i+1)): the reference quantiles (ties merged), the minimum, just above the maximum,
+    and just above each value holding at least half a bin's share, which so becomes a bin of its own."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0: return []
+    cuts = set(np.round(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]), 10).tolist()) | {float(x.min())}
+    u, n = np.unique(x, return_counts=True)
+    heavy = u[n >= 0.5 * len(x) / bins].tolist()
+    above = np.nextafter(np.array([*heavy, x.max()]), np.inf).tolist()
+    return sorted(cuts | set(heavy) | set(above))
+
+def bin_counts(values: np.ndarray, edges: list[float], grid: np.ndarray | None = None):
+    """Counts of `values` in the bins of `edges` (below the first edge, [e_i, e_i+1), from the last edge on), then of
+    missing values. With `grid` (sorted, holding every edge) also the counts at or below and below each grid point,
+    from the same single `searchsorted` (what a KS statistic needs); else those are None."""
+    x = np.asarray(values, dtype=float)
+    missing = np.isnan(x)
+    n_missing = int(missing.sum())
+    c = x[~missing] if n_missing else x
+    e = np.asarray(edges, dtype=float)
+    g = e if grid is None else np.asarray(grid, dtype=float)
+    pos = np.searchsorted(g, c, side="left")                     # first grid point >= each value
+    hit = g[np.minimum(pos, len(g) - 1)] == c if len(g) else np.zeros(len(c), bool)
+    le = np.cumsum(np.bincount(pos, minlength=len(g) + 1)[:-1])  # values <= each grid point
+    lt = le - np.bincount(pos[hit], minlength=len(g))            # values < each grid point
+    below = np.concatenate([[0], lt[np.searchsorted(g, e)], [len(c)]])
+    counts = np.append(np.diff(below), n_missing)
+    return (counts, None, None) if grid is None else (counts, le, lt)
 
 def bin_shares(values: np.ndarray, edges: list[float]) -> np.ndarray:
     "Share of values in each bin defined by `edges` (one extra bin for missing values)."
-    values = np.asarray(values, dtype=float)
-    idx = np.where(np.isnan(values), len(edges) + 1, np.searchsorted(edges, values, side="right"))
-    return np.bincount(idx, minlength=len(edges) + 2) / max(len(values), 1)
+    return bin_counts(values, edges)[0] / max(len(values), 1)
+
+def code_counts(values: pd.Series, codes: list[str]) -> np.ndarray:
+    "Counts of each known code, then of unknown codes, then of missing values (`as_code` on the distinct values only)."
+    vc = pd.Series(values, copy=False).value_counts(dropna=False)
+    keys = as_code(pd.Series(vc.index, dtype=object))
+    pos = pd.Categorical(keys, categories=codes).codes
+    n = vc.to_numpy(float)
+    known = np.bincount(pos[pos >= 0], weights=n[pos >= 0], minlength=len(codes))
+    return np.append(known, [n[(pos < 0) & keys.notna().to_numpy()].sum(), n[keys.isna().to_numpy()].sum()])
 
 def code_shares(values: pd.Series, codes: list[str]) -> np.ndarray:
     "Share of each known code, then of unknown codes, then of missing values."
-    c = as_code(values)
-    known = np.array([(c == k).mean() for k in codes])
-    return np.append(known, [(c.notna() & ~c.isin(codes)).mean(), c.isna().mean()])
+    return code_counts(values, codes) / max(len(values), 1)
 
 def reference_profile(train: pd.DataFrame, params: dict) -> dict:
     "Per raw feature: bin edges or codes from the training split, and the training shares."

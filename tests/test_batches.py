@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.batches import check_shifts, intensity, make_batches, shift_frame
+from pipeline.batches import check_shifts, intensity, make_batches, month_plan, shift_frame
 from pipeline.validate import validate_frame
 
 
@@ -44,9 +44,9 @@ def test_bad_shift_specs_name_the_field(params):
 
 
 def test_batches_cover_the_source_once_and_none_is_unchanged(raw, params):
-    src = raw.head(600)
+    src = raw.head(params["batches"]["months"] * params["drift"]["min_rows"])
     none = make_batches(src, "none", params)
-    assert len(none) == params["batches"]["months"]
+    assert len(none) == params["batches"]["months"] and min(map(len, none)) >= params["drift"]["min_rows"]
     both = pd.concat(none)
     assert sorted(both.index) == list(src.index) and both.sort_index().equals(src)
     unlabelled = make_batches(src, "sudden", {**params, "batches": {**params["batches"], "labels": False}})
@@ -55,7 +55,8 @@ def test_batches_cover_the_source_once_and_none_is_unchanged(raw, params):
 
 def test_cli_writes_each_scenario(raw, params, tmp_path):
     raw.head(300).to_parquet(tmp_path / "held_out.parquet")
-    p = {**params, "batches": {**params["batches"], "source": "held_out.parquet", "out": "out", "months": 3}}
+    p = {**params, "batches": {**params["batches"], "source": "held_out.parquet", "out": "out", "months": 3},
+         "drift": {**params["drift"], "min_rows": 100}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     proc = subprocess.run([sys.executable, "-m", "pipeline.batches", "--scenario", "sudden"], cwd=tmp_path,
                           capture_output=True, text=True)
@@ -64,3 +65,25 @@ def test_cli_writes_each_scenario(raw, params, tmp_path):
     assert files == ["out/sudden/month_01.parquet", "out/sudden/month_02.parquet", "out/sudden/month_03.parquet"]
     helped = subprocess.run([sys.executable, "-m", "pipeline.batches", "--help"], capture_output=True, text=True)
     assert "--scenario" in helped.stdout and "monthly production batches" in helped.stdout
+
+
+@pytest.mark.parametrize("rows", [450, 599, 120, 40])
+def test_too_few_rows_make_fewer_months_each_of_at_least_min_rows(raw, params, rows, caplog):
+    p = {**params, "batches": {**params["batches"], "months": 6, "sudden_month": 4}, "drift": {**params["drift"], "min_rows": 100}}
+    with caplog.at_level("WARNING", logger="batches"):
+        sudden = make_batches(raw.head(rows), "sudden", p)
+    assert len(sudden) == max(1, rows // 100) and sum(map(len, sudden)) == rows
+    if rows >= 100: assert min(map(len, sudden)) >= 100
+    assert f"{len(sudden)} months of at least drift.min_rows=100" in caplog.text
+    assert ("below drift.min_rows" in caplog.text) == (rows < 100)
+    months, first = month_plan(rows, p)
+    assert months == len(sudden) and 1 <= first <= months
+    changed = [not b["BILL_AMT1"].equals(raw.head(rows).loc[b.index, "BILL_AMT1"]) for b in sudden]
+    assert changed == [m >= first for m in range(1, months + 1)]  # the sudden shift still happens, from `first` on
+
+
+def test_enough_rows_keep_the_months_without_a_log_line(raw, params, caplog):
+    p = {**params, "drift": {**params["drift"], "min_rows": 100}}
+    with caplog.at_level("WARNING", logger="batches"):
+        assert len(make_batches(raw.head(100 * params["batches"]["months"]), "none", p)) == params["batches"]["months"]
+    assert "drift.min_rows" not in caplog.text

@@ -2,6 +2,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,9 +13,11 @@ from sklearn.pipeline import make_pipeline
 
 from pipeline.batches import make_batches
 from pipeline.core import target_vector
-from pipeline.drift import (alert_records, chi2_test, code_counts, drift_html, drift_report, expected_auc, feature_drift,
-                            js_distance, numeric_test, post_webhook, psi, score_psi, send_alerts, status)
-from pipeline.featurize import bin_shares, Featurizer, code_shares, quantile_edges, reference_profile, split_frame
+from pipeline.drift import (EPS, INSUFFICIENT, ONE_CLASS, alert_records, chi2_test, code_counts, drift_html, drift_report,
+                            expected_auc, feature_drift, feature_records, js_distance, numeric_test, post_webhook, psi,
+                            score_psi, send_alerts, status, write_strict_json)
+from pipeline.featurize import (bin_counts, bin_shares, Featurizer, code_shares, quantile_edges, reference_profile,
+                                split_frame)
 from pipeline.train import fit_baseline
 from pipeline.validate import validate_frame
 
@@ -211,3 +214,167 @@ def test_webhook_does_not_retry_a_client_error(hook_server):
     finally:
         Hook.do_POST = orig
     assert result == {"delivered": False, "attempts": 1, "error": "HTTP 400"} and len(Hook.bodies) == 1
+
+
+# --- figures that hold at the edges (issue 15 section 2; field cases in ../shared/field-cases) ---
+
+FIELD = Path(__file__).resolve().parents[2] / "shared/field-cases"
+
+
+def field_case(name: str) -> pd.DataFrame:
+    return pd.read_parquet(FIELD / f"{name}.parquet")
+
+
+def no_nan_json(path: Path):
+    "The file parsed as strict JSON: NaN or Infinity fail."
+    def refuse(token): raise AssertionError(f"{path}: {token} is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_edges_give_frequent_values_and_values_outside_the_reference_bins_of_their_own():
+    ref = pd.Series([-2, -1, -1, 0, 0, 0, 0, 1, 2, 2, 8] * 10, dtype=float)
+    edges = quantile_edges(ref, 4)
+    shares = bin_shares(ref, edges)
+    moved = bin_shares(ref.replace(2.0, 8.0), edges)
+    assert psi(shares, moved) > 0.25  # 2 -> 8 leaves the bin of 2: with merged quantile edges both were one bin
+    assert bin_shares(np.array([9.0]), edges)[-2] == 1 and shares[-2] == 0  # above the reference's maximum: own bin
+    assert bin_shares(np.array([-3.0]), edges)[0] == 1 and shares[0] == 0   # below its minimum: own bin
+    assert bin_shares(np.array([-0.5]), edges)[shares == 0].sum() == 1  # between two frequent values: a bin the reference left empty
+    constant = quantile_edges(pd.Series([3.0] * 50), 10)
+    assert bin_shares(np.full(5, 3.0), constant)[1] == 1 and bin_shares(np.array([3.5]), constant)[1] == 0
+    rng = np.random.default_rng(7)
+    cont = rng.normal(size=20_000)  # continuous: quantile bins of about equal shares, as before
+    inner = bin_shares(cont, quantile_edges(pd.Series(cont), 10))[1:-2]
+    assert len(inner) == 10 and np.allclose(inner, 0.1, atol=0.002)
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_bin_counts_agree_with_brute_force(grid):
+    rng = np.random.default_rng(8)
+    ref = rng.choice([-2.0, -1.0, 0.0, 1.0, 2.5, 7.0], 3000, p=[0.1, 0.2, 0.4, 0.15, 0.1, 0.05])
+    cur = np.append(rng.normal(0, 3, 5000).round(0), [np.nan] * 7)
+    edges = quantile_edges(pd.Series(ref), 10)
+    g = np.union1d(ref, edges) if grid else None
+    counts, le, lt = bin_counts(cur, edges, g)
+    bounds = [-np.inf, *edges, np.inf]
+    brute = [((cur >= a) & (cur < b)).sum() for a, b in zip(bounds, bounds[1:])] + [np.isnan(cur).sum()]
+    assert counts.tolist() == brute and counts.sum() == len(cur)
+    if grid:
+        assert le.tolist() == [(cur <= x).sum() for x in g] and lt.tolist() == [(cur < x).sum() for x in g]
+    else: assert le is None and lt is None
+    assert np.allclose(numeric_test(ref, cur, edges)[0], bin_shares(cur, edges))  # batch and reference: one binning
+
+
+def test_psi_is_the_symmetrised_kl_divergence_of_scipy():
+    rng = np.random.default_rng(9)
+    ref, cur = rng.normal(size=8000), rng.normal(0.3, 1.2, size=6000)
+    edges = quantile_edges(pd.Series(ref), 10)
+    r, c = bin_shares(ref, edges), bin_shares(cur, edges)
+    rc, cc = np.clip(r, EPS, None), np.clip(c, EPS, None)
+    assert psi(r, c) == pytest.approx(stats.entropy(cc, rc) * cc.sum() + stats.entropy(rc, cc) * rc.sum()
+                                      + (cc.sum() - rc.sum()) * np.log(cc.sum() / rc.sum()), rel=1e-9)
+    assert psi(r, c) > 0.1 and psi(r, bin_shares(rng.normal(size=6000), edges)) < 0.02
+
+
+def test_chi_square_agrees_with_scipy_on_the_raw_crosstab():
+    rng = np.random.default_rng(10)
+    ref = rng.choice(["a", "b", "c"], 4000, p=[0.5, 0.3, 0.2])
+    cur = rng.choice(["a", "b", "c", "d"], 3000, p=[0.45, 0.3, 0.2, 0.05])
+    long = pd.DataFrame({"batch": ["ref"] * len(ref) + ["cur"] * len(cur), "code": np.append(ref, cur)})
+    expected = stats.chi2_contingency(pd.crosstab(long.batch, long.code), correction=False)
+    chi2, p = chi2_test(code_counts(pd.Series(ref), ["a", "b", "c"]), code_counts(pd.Series(cur), ["a", "b", "c"]))
+    assert chi2 == pytest.approx(expected.statistic, rel=1e-9) and p == pytest.approx(expected.pvalue, rel=1e-6, abs=1e-300)
+    assert p < 1e-10  # the new code "d" (5% of the batch) is seen
+
+
+def test_tiny_batch_is_insufficient_data_not_alerts(world, params):
+    s, profile, model = world
+    tiny = field_case("drift_tiny8")
+    table, summary = drift_report(profile, s["train"], tiny, model, params, baseline=s["test"])
+    assert summary["status"] == INSUFFICIENT and summary["rows"] == 8 and "drift.min_rows" in summary["status_reason"]
+    assert (table.status == INSUFFICIENT).all() and summary["score_status"] == summary["performance_status"] == INSUFFICIENT
+    assert alert_records(table, summary, params) == [] and summary["features_alert"] == 0
+    no_floor = {**params, "drift": {**params["drift"], "min_rows": 0}}
+    noisy, _ = drift_report(profile, s["train"], tiny, model, no_floor, baseline=s["test"])
+    assert (noisy.status == "alert").sum() > 10  # what the floor prevents: PSI of 8 rows is noise
+    assert noisy.ks_pvalue.min() > 0.01  # ... while KS, which knows the sample size, sees no shift
+    enough = s["test"].head(params["drift"]["min_rows"])
+    _, ok = drift_report(profile, s["train"], enough, model, params, baseline=s["test"])
+    assert ok["status"] != INSUFFICIENT
+
+
+def test_pay0_moved_from_2_to_8_is_not_stable(world, params):
+    s, profile, model = world
+    batch = field_case("drift_pay0_to_8")
+    table, summary = drift_report(profile, s["train"], batch, model, params, baseline=s["test"])
+    assert table.loc["PAY_0", "status"] == "alert" and table.loc["PAY_0", "psi"] > params["drift"]["psi_alert"]
+    ks = stats.ks_2samp(s["train"]["PAY_0"].to_numpy(float), batch["PAY_0"].to_numpy(float), method="asymp")
+    assert table.loc["PAY_0", "ks"] == pytest.approx(ks.statistic, abs=1e-12) and ks.pvalue < 1e-10
+    assert table.loc["PAY_0", "ks_pvalue"] == pytest.approx(ks.pvalue, rel=1e-6)
+    assert summary["status"] == "alert" and summary["features_alert"] >= 1
+    flagged = set(table.index[table.status != "stable"])
+    assert flagged == {"PAY_0"}, flagged  # the other features of the batch are unshifted held-out rows
+    assert "PAY_0" in {a["name"] for a in alert_records(table, summary, params) if a["level"] == "alert"}
+
+
+@pytest.fixture(scope="module")
+def constant(world, params):
+    "A reference where the numeric PAY_AMT6 and the categorical EDUCATION each hold one value, and its profile."
+    s, _, _ = world
+    train = s["train"].assign(PAY_AMT6=0.0, EDUCATION="2")
+    return train, s["test"].assign(PAY_AMT6=0.0, EDUCATION="2"), reference_profile(train, params)
+
+
+@pytest.mark.parametrize("column,value", [("PAY_AMT6", 500.0), ("EDUCATION", "3")])
+def test_a_constant_reference_is_never_stable_once_rows_moved(constant, params, column, value):
+    train, batch, profile = constant
+    assert (np.asarray(profile[column]["shares"])[:-1] > 0).sum() == 1
+    same = feature_drift(profile, train, batch, params)
+    assert same.loc[column, "status"] == "stable" and same.loc[column, "off_reference_share"] == 0
+    one = batch.copy()
+    one.loc[one.index[0], column] = value
+    table = feature_drift(profile, train, one, params)
+    assert table.loc[column, "psi"] < params["drift"]["psi_monitor"]  # PSI alone would call one moved row stable ...
+    assert table.loc[column, "status"] == "monitor" and table.loc[column, "status_basis"] != "PSI"  # ... the rule does not
+    assert table.loc[column, "off_reference_share"] == pytest.approx(1 / len(one))
+    rec = [a for a in alert_records(table, {"score_status": "stable", "performance_status": "stable", "batch_bad_share": 0}, params)
+           if a["name"] == column]
+    assert rec and rec[0]["level"] == "monitor" and rec[0]["value"] == pytest.approx(1 / len(one), abs=1e-6)
+    moved = batch.assign(**{column: value})  # every row off the reference's value
+    table = feature_drift(profile, train, moved, params)
+    assert table.loc[column, "status"] == "alert" and table.loc[column, "psi"] > 1
+    if column == "PAY_AMT6":
+        ks = stats.ks_2samp(train[column], moved[column], method="asymp")
+        assert table.loc[column, "ks"] == pytest.approx(ks.statistic) == 1.0
+    else:
+        assert table.loc[column, "chi2_pvalue"] < 1e-10
+
+
+def test_one_class_labels_are_not_measurable_and_the_estimate_decides(world, params, tmp_path):
+    s, profile, model = world
+    batch = field_case("drift_single_class")
+    assert batch[params["data"]["target"]].nunique() == 1
+    table, summary = drift_report(profile, s["train"], batch, model, params, baseline=s["test"])
+    assert summary["realised_performance"] == ONE_CLASS and summary["current_auc"] is None and summary["auc_drop"] is None
+    assert summary["auc_drop_reason"] == summary["current_auc_reason"] == ONE_CLASS
+    assert summary["performance_basis"] == "estimated (CBPE)"
+    d, drop = params["drift"], summary["expected_auc_drop"]
+    assert np.isfinite(drop)
+    expected = "alert" if drop > d["auc_drop_alert"] else "monitor" if drop > d["auc_drop_monitor"] else "stable"
+    assert summary["performance_status"] == expected
+    perf = [a for a in alert_records(table, summary, params) if a["kind"] == "performance"]
+    assert (perf[0]["metric"] == "expected_auc_drop") if expected != "stable" else perf == []
+    path = write_strict_json(summary | {"features": feature_records(table)}, tmp_path / "drift.json")
+    back = no_nan_json(path)
+    assert back["current_auc"] is None and back["current_auc_reason"] == ONE_CLASS and back["current_ks"] is None
+    assert back["features"]["SEX"]["ks"] is None and "numeric" in back["features"]["SEX"]["ks_reason"]
+    assert back["features"]["AGE"]["chi2"] is None and back["features"]["AGE"]["ks"] == pytest.approx(table.loc["AGE", "ks"], abs=1e-6)
+
+
+def test_strict_json_turns_every_nan_into_null_with_a_reason(tmp_path):
+    path = write_strict_json({"a": np.nan, "b": np.float32("inf"), "c": None, "c_reason": "given", "d": [1.0, np.nan],
+                              "e": {"f": np.float64(np.nan)}, "g": np.int64(3)}, tmp_path / "x.json")
+    back = no_nan_json(path)
+    assert back == {"a": None, "a_reason": "not a finite number", "b": None, "b_reason": "not a finite number", "c": None,
+                    "c_reason": "given", "d": [1.0, None], "e": {"f": None, "f_reason": "not a finite number"}, "g": 3}
+    assert "NaN" not in path.read_text()
