@@ -1,6 +1,6 @@
 """The riskops scoring service (BentoML 1.4): /score, /score_batch, /explain, plus /livez, /readyz, /metrics.
 
-A thin shell over the scoring runtime (pipeline.scorer, pipeline.request, pipeline.export, pipeline.service):
+A thin shell over the scoring runtime (pipeline.scorer, pipeline.request, pipeline.export, pipeline.audit):
 no training code is imported. Settings come from the `serve` section of params.yaml (path in RISKOPS_PARAMS,
 default params.yaml). The model is the bundle `riskops-export` put in the BentoML model store, verified
 against the sha recorded for it before anything is unpickled. Serve from the repository root:
@@ -30,7 +30,7 @@ from pipeline.core import get_logger, load_params
 from pipeline.export import bento_bundle
 from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows
 from pipeline.scorer import Scorer, check_sample
-from pipeline.service import AuditWriter, audit_row, audit_url
+from pipeline.audit import audit_records, audit_trail, personal_policy
 
 PARAMS = load_params(os.environ.get("RISKOPS_PARAMS", "params.yaml"))
 SERVE = PARAMS["serve"]
@@ -43,6 +43,8 @@ log = get_logger("bentos.service")
 
 SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scored, by risk grade and method",
                                  labelnames=["grade", "method"])
+AUDIT = bentoml.metrics.Gauge(name="riskops_audit_records", documentation="Audit records: pending (spooled, not yet in "
+                              "the database), failed (dead-lettered), written", labelnames=["state"])
 RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk scores (probability of default)",
                                  buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 
@@ -107,15 +109,19 @@ class RiskService:
     def __init__(self) -> None:
         bundle, self.why = load_model()
         self.scorer = Scorer(bundle, PARAMS, check_sample(PARAMS))
-        a = SERVE["audit"]
-        self.audit = AuditWriter(audit_url(PARAMS), batch_size=a["batch_size"], flush_interval_s=a["flush_interval_s"])
+        self.audit, self.personal = audit_trail(PARAMS), personal_policy(PARAMS)
         log.info("scoring with %s %s v%s (sha %s)%s", self.scorer.method, self.scorer.identity["model_name"],
                  self.scorer.identity["model_version"], self.scorer.identity["bundle_sha"][:12],
                  f"; model not served: {self.why}" if self.why else "")
 
     def __is_ready__(self) -> bool:
-        "Ready only when the model is loaded (the heuristic fallback answers, but is not ready)."
-        return self.why is None
+        "Ready when the model is loaded (the fallback answers, but is not ready) and the audit backlog is under its bound."
+        return self.why is None and self.audit.healthy()
+
+    def _audit(self, endpoint: str, request_id: str, records: list[dict], answers: list[dict], started: float) -> None:
+        "Spool one record per applicant before the answer leaves (a failed append fails the request: never unaudited)."
+        self.audit.write(audit_records(endpoint, request_id, records, answers, (time.perf_counter() - started) * 1000, self.personal))
+        for state in ("pending", "failed", "written"): AUDIT.labels(state=state).set(getattr(self.audit, state))
 
     def _score(self, endpoint: str, applicants: list, request_id: str | None = None) -> list[dict]:
         start = time.perf_counter()
@@ -129,13 +135,11 @@ class RiskService:
             ans |= {"scored_at": now, "request_id": rid}
             SCORES.labels(grade=str(ans["risk_grade"]), method=ans["method"]).inc()
             RISK.observe(ans["risk_score"])
-        ms = (time.perf_counter() - start) * 1000
-        if endpoint == "score_batch":  # a batch merges many callers' requests: one request id and audit row each
+        if endpoint == "score_batch":  # a batch merges many callers' requests: one request id and audit record each
             for rec, ans in zip(records, answers):
                 ans["request_id"] = uuid.uuid4().hex
-                self.audit.write(audit_row(endpoint, [rec], [ans], ms))
-        else:
-            self.audit.write(audit_row(endpoint, records, answers, ms))
+                self._audit(endpoint, ans["request_id"], [rec], [ans], start)
+        else: self._audit(endpoint, rid, records, answers, start)
         return answers
 
     @bentoml.api
@@ -151,13 +155,17 @@ class RiskService:
     @bentoml.api
     def explain(self, applicant: Applicant) -> ExplainAnswer:
         "Every field's exact contribution (log-odds) to one applicant's risk, with the applicant's values."
-        return _json(EXPLANATION, self.scorer.explain([applicant.model_dump()])[0])
+        start, record = time.perf_counter(), applicant.model_dump()
+        answer = self.scorer.explain([record])[0]
+        self._audit("explain", uuid.uuid4().hex, [record], [answer], start)
+        return _json(EXPLANATION, answer)
 
     @bentoml.on_shutdown
     def flush_audit(self) -> None:
-        "Write every queued audit row before the worker exits."
-        self.audit.close()
-        log.info("audit log flushed: %d rows written", self.audit.written)
+        "Move what is spooled to the database before the worker exits (what is left is replayed at the next start)."
+        drained = self.audit.close()
+        log.info("audit trail closed: %d records written, %d pending%s", self.audit.written, self.audit.pending,
+                 "" if drained else " (left in the spool for the next start)")
 
 
 RiskService.add_asgi_middleware(RequestGate, token=os.environ.get("RISK_API_TOKEN") or None)

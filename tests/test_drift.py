@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
 
 from pipeline.batches import make_batches
 from pipeline.core import target_vector
@@ -19,6 +18,7 @@ from pipeline.drift import (EPS, INSUFFICIENT, ONE_CLASS, alert_records, chi2_te
 from pipeline.featurize import (bin_counts, bin_shares, Featurizer, code_shares, quantile_edges, reference_profile,
                                 split_frame)
 from pipeline.train import fit_baseline
+from pipeline.model import CalibratedMargin, ScoringModel
 from pipeline.validate import validate_frame
 
 
@@ -28,7 +28,8 @@ def world(raw, params):
     valid, _, _ = validate_frame(raw, params)
     s = split_frame(valid, params)
     featurizer = Featurizer.from_params(params).fit(s["train"])
-    model = make_pipeline(featurizer, fit_baseline(featurizer.transform(s["train"]), target_vector(s["train"], params), params))
+    base = fit_baseline(featurizer.transform(s["train"]), target_vector(s["train"], params), params)
+    model = ScoringModel(featurizer, CalibratedMargin(base).fit(featurizer.transform(s["valid"]), target_vector(s["valid"], params)))
     return s, reference_profile(s["train"], params), model
 
 

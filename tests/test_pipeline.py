@@ -2,7 +2,6 @@
 with a real (temporary) MLflow store."""
 import json
 
-import joblib
 import mlflow
 import pandas as pd
 import pytest
@@ -32,7 +31,7 @@ def test_repro_runs_every_stage_and_writes_outputs(small_repo):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in proc.stdout
     for out in ["data/validated/data.parquet", "data/quarantine/rows.csv", "data/split/test.parquet",
-                "models/featurizer.joblib", "models/xgboost.joblib", "plots/roc/xgboost.csv",
+                "models/featurizer.joblib", "models/xgboost.joblib", "models/bundle/MANIFEST.json", "plots/roc/xgboost.csv",
                 "plots/shap/beeswarm.png", "reports/shap_importance.csv", "reports/drift.csv", "reports/validation.html",
                 "reports/drift.html", "reports/alerts.json", "data/batches/sudden/month_06.parquet",
                 "reports/model_report.html"]:
@@ -50,7 +49,7 @@ def test_repro_runs_every_stage_and_writes_outputs(small_repo):
 
 def test_mlflow_run_is_traceable(small_repo):
     repo, env, _ = small_repo
-    info = json.loads((repo / "models/model_info.json").read_text())
+    info = json.loads((repo / "models/model_info.json").read_text()) | json.loads((repo / "models/mlflow_run.json").read_text())
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     run_ = client.get_run(info["run_id"])
     params = load_yaml(repo / "params.yaml")
@@ -63,11 +62,16 @@ def test_mlflow_run_is_traceable(small_repo):
     registry = json.loads((repo / "models/registry.json").read_text())
     version = client.get_model_version(registry["registered_model"], registry["version"])
     assert version.run_id == info["run_id"] and version.tags["gate"] == ("passed" if registry["promoted"] else "refused")
+    assert version.tags["bundle_sha"] == registry["bundle_sha"] == json.loads(json.dumps(registry))["bundle_sha"]
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    model = mlflow.sklearn.load_model(f"models:/{registry['registered_model']}/{registry['version']}")
-    test = pd.read_parquet(repo / "data/split/test.parquet")
-    local = joblib.load(repo / f"models/{info['winner']}.joblib")
-    assert (model.predict_proba(test) == local.predict_proba(test)).all()
+    model = mlflow.pyfunc.load_model(f"models:/{registry['registered_model']}/{registry['version']}")
+    test = pd.read_csv(repo / params["data"]["path"]).head(300).drop(columns=params["data"]["target"])  # raw ints
+    from pipeline.bundle import load_bundle
+    local = load_bundle(repo / "models/bundle", registry["bundle_sha"]).predict(test)
+    got = model.predict(test)
+    assert list(got.columns) == ["risk_score", "risk_grade", "scaled_score", "decision"]
+    pd.testing.assert_frame_equal(got, local)
+    assert set(got["decision"]) <= {"approve", "decline"} and got["risk_score"].between(0, 1).all()
     card = (repo / "models/MODEL_CARD.md").read_text()  # the champion's card; rewritten only on promotion
     title = f"# Model card: {registry['registered_model']} version {registry['version']}\n"
     assert (info["run_id"] in card) == registry["promoted"]
@@ -75,21 +79,46 @@ def test_mlflow_run_is_traceable(small_repo):
         assert card.startswith(title)
 
 
-def test_second_repro_is_a_no_op_and_a_param_reruns_only_downstream(small_repo):
+def aliases(env, name="riskops-credit-default") -> dict:
+    return dict(MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_registered_model(name).aliases)
+
+
+def test_second_repro_is_a_no_op_and_an_experiment_moves_no_alias(small_repo):
     repo, env, _ = small_repo
     again = run(["dvc", "repro"], repo, env).stdout
     assert "Running stage" not in again and "Data and pipelines are up to date" in again
+    before = aliases(env)
     exp = run(["dvc", "exp", "run", "-S", "train.n_trials=2"], repo, env).stdout
     ran = {s for s in STAGES if f"Running stage '{s}'" in exp}
     assert ran == {"train", "evaluate", "register", "explain", "report", "drift"}, exp
+    assert aliases(env) == before  # a throw-away experiment registers its version but moves no alias
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    tagged = [v for v in client.search_model_versions("name = 'riskops-credit-default'") if v.tags.get("dvc_exp_name")]
+    assert len(tagged) == 1 and tagged[0].tags["gate"] in ("passed", "refused")
 
 
-def test_retraining_with_same_params_gives_same_metrics(small_repo):
+def test_retraining_with_same_params_gives_same_metrics_and_registers_nothing_new(small_repo):
     repo, env, _ = small_repo
     run("git checkout -- params.yaml && dvc repro", repo, env)
     before = (repo / "metrics/evaluate.json").read_text()
-    run("dvc repro -f -s train && dvc repro", repo, env)
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    versions = lambda: sorted(v.version for v in client.search_model_versions("name = 'riskops-credit-default'"))
+    known = versions()
+    run("dvc repro -f -s train && dvc repro && dvc repro -f -s register", repo, env)
     assert (repo / "metrics/evaluate.json").read_text() == before
+    assert versions() == known  # the same bundle sha: registering is idempotent
+    assert "already version" in json.loads((repo / "models/registry.json").read_text())["verdict"]
+
+
+def test_a_fresh_clone_reproduces_every_tracked_file(small_repo, tmp_path):
+    "Commit the repro's outputs, then rebuild from nothing (no DVC cache, no git-ignored file, a new MLflow store): git status stays empty."
+    repo, env, _ = small_repo
+    run("git checkout -- params.yaml && dvc repro && git add -A && git -c user.name=t -c user.email=t@t commit -qm outputs", repo, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    proc = run(["dvc", "repro"], clone, mlflow_env(clone))
+    assert "Running stage 'train'" in proc.stdout
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""
 
 
 def test_exp_run_switches_the_drift_batch(small_repo):

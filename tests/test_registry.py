@@ -4,20 +4,20 @@ import json
 import os
 import subprocess
 
-import mlflow
 import pandas as pd
 import pytest
 import yaml
-from sklearn.pipeline import Pipeline
 
+from pipeline.bundle import BundleError, resolve
 from pipeline.core import setup_mlflow, target_vector
-from pipeline.evaluate import decision_rules, evaluate_models
+from pipeline.evaluate import evaluate_models
 from pipeline.featurize import Featurizer, split_frame
+from pipeline.model import CalibratedMargin, ScoringModel
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
                                register_candidate, rollback)
-from pipeline.train import CalibratedMargin, MarginEnsemble, log_models, train_models
+from pipeline.train import cross_fit, train_models
 from pipeline.validate import validate_frame
-from tests.conftest import BIN, deep_merge
+from tests.conftest import BIN, deep_merge, make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +38,20 @@ def setting(raw, params, tmp_path_factory):
 
 
 def register(setting, reg: Registry, models: dict) -> dict:
-    "Log `models` in an MLflow run, evaluate them and compare with the champion as evaluate does, then register."
-    p, splits, *_ = setting
-    with mlflow.start_run() as run:
-        uris = log_models({"models": models, "example": splits["valid"].head(3)})
+    "Bundle the xgboost model as evaluate does, compare with the champion and register as the register stage does."
+    p, splits, featurizer, tmp, env = setting
     metrics, _ = evaluate_models(splits, models, "xgboost", p)
+    bundle = make_bundle(models["xgboost"], splits, p, tmp / f"bundle-{len(reg.known())}")
     comparison = compare_with_champion(reg, splits["test"], p, metrics["auc"])
-    return register_candidate(reg, uris["xgboost"], run.info.run_id, metrics, p, comparison,
-                              decision=decision_rules(metrics, p))
+    return register_candidate(reg, bundle.path, bundle.sha, None, metrics, p, comparison)
 
 
 def one_tree(setting):
     p, splits, featurizer, *_ = setting
     fit = pd.concat([splits["train"], splits["valid"]])  # cross-fitted like the real model, one depth-2 tree per fold
-    X, y = featurizer.transform(fit), target_vector(fit, p)
-    tree = MarginEnsemble([{"max_depth": 2}], deep_merge(p, {"train": {"max_rounds": 1}}), folds=2).fit(X, y)
-    return Pipeline([("features", featurizer), ("model", CalibratedMargin(tree).fit(None, y, margin=tree.oof_margin_))])
+    X, y = featurizer.frame(fit), target_vector(fit, p)
+    tree = cross_fit(X, y, [{"max_depth": 2}], deep_merge(p, {"train": {"max_rounds": 1}}), folds=2)
+    return ScoringModel(featurizer, CalibratedMargin(tree).fit(None, y, margin=tree.oof_margin_))
 
 
 def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
@@ -72,8 +70,10 @@ def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
     assert {"test AUC", "AUC drop vs champion"} <= set(failed)
     assert f"test AUC = {failed['test AUC']['value']:.4f}, must be >= 0.7500" in worse["verdict"]
     assert worse["champion_auc_same_split"] == pytest.approx(first["criteria"][0]["value"], abs=1e-6)
-    with pytest.raises(ValueError, match="did not pass the gate"):
+    with pytest.raises(BundleError, match="did not pass the gate"):
         promote(reg, worse["version"], "trying")
+    again = register(setting, reg, {"baseline": good["baseline"], "xgboost": one_tree(setting)})  # the same bundle
+    assert not again["new"] and again["version"] == worse["version"] and reg.known() == [first["version"], worse["version"]]
 
     p8 = {**p, "train": {**p["train"], "n_trials": 8}}
     better = register(setting, reg, train_models(splits, featurizer, p8, progress=False)["models"])
@@ -87,9 +87,13 @@ def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
                               ("rollback", better["version"], first["version"])]
     lines = [json.loads(l) for l in (tmp / "models/registry_audit.jsonl").read_text().splitlines()]
     assert lines == reg.audit_log() and all(e["who"] and e["at"] and e["why"] for e in lines)
-    with pytest.raises(ValueError, match="no previous champion"):
+    with pytest.raises(BundleError, match="no previous champion"):
         rollback(reg, "again")  # history is back to one champion
+    with pytest.raises(BundleError, match="already the champion"):
+        promote(reg, first["version"], "again")
+    assert resolve(CHAMPION, p).version == first["version"] and resolve(CHAMPION, p).sha == first["bundle_sha"]
     check_operations_commands(setting, refused_version=worse["version"])
+    check_resolver_refusals(setting)
 
 
 def check_operations_commands(setting, refused_version: str):
@@ -108,12 +112,41 @@ def check_operations_commands(setting, refused_version: str):
     refused = run("riskops-promote", str(refused_version), "--reason", "try")
     assert refused.returncode == 2 and "did not pass the gate" in refused.stderr
     exported = run("riskops-export")
-    assert exported.returncode == 0, exported.stderr
-    meta = json.loads((tmp / "models/champion.json").read_text())
-    assert meta["version"] == Registry(p["mlflow"]["registered_model"]).alias(CHAMPION) and meta["gate"] == "passed"
-    assert set(json.loads(meta["decision"])) == {"model", "threshold", "grade_edges", "score_scale"}  # its own rules
+    champion = Registry(p["mlflow"]["registered_model"]).alias(CHAMPION)
+    assert exported.returncode == 0 and f"v{champion} (sha " in exported.stdout, exported.stderr
     listed = run("bentoml", "models", "list", "-o", "json")
     assert p["register"]["bento_model"] in listed.stdout
+    # known failures: one line naming the cause, exit 2, no traceback
+    for cmd, args, says in [("riskops-promote", ["99", "--reason", "x"], "has no version 99"),
+                            ("riskops-promote", [champion, "--reason", "x"], "already the champion"),
+                            ("riskops-export", ["42"], "has no version 42"),
+                            ("riskops-export", ["nosuch"], "has no 'nosuch' alias")]:
+        out = run(cmd, *args)
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, (cmd, args, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def check_resolver_refusals(setting):
+    "An alias moved outside the commands, and a version whose recorded sha is not its bundle's, are refused."
+    from mlflow import MlflowClient
+    p, *_ = setting
+    reg, client = Registry(p["mlflow"]["registered_model"]), MlflowClient()
+    champion = reg.alias(CHAMPION)
+    other = next(v for v in reg.known() if v != champion)
+    client.set_registered_model_alias(reg.name, CHAMPION, other)  # as the MLflow UI would
+    try:
+        with pytest.raises(BundleError, match="moved outside riskops-promote"):
+            resolve(CHAMPION, p)
+    finally:
+        client.set_registered_model_alias(reg.name, CHAMPION, champion)
+    assert resolve(CHAMPION, p).version == champion
+    recorded = reg.model_version(champion).tags["bundle_sha"]
+    client.set_model_version_tag(reg.name, champion, "bundle_sha", "0" * 64)  # the stored bundle is not the one promised
+    try:
+        with pytest.raises(BundleError, match="MANIFEST.json: sha256"):
+            resolve(champion, p)
+    finally:
+        client.set_model_version_tag(reg.name, champion, "bundle_sha", recorded)
 
 
 def test_gate_refuses_what_it_cannot_assess(params):

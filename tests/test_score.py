@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.score import run_job
-from pipeline.service import check_sample, load_scorer
+from pipeline.scorer import Scorer, check_sample
 from tests.conftest import ROOT, deep_merge
 from tests.test_service import small_model  # noqa: F401  (fixture)
 
@@ -37,9 +37,10 @@ def test_job_scores_valid_rows_and_quarantines_bad_ones(batch, small_model, smal
     path, df = batch
     params = _params(small_params)
     out = tmp_path / "scores.parquet"
-    report = run_job(path, out, small_model["dir"] / "model.joblib", small_model["decision"], params, chunk_rows=700,
-                     progress=False, meta={"version": "7"})
-    assert report["rows_scored"] == 3000 - len(BAD) and report["rows_quarantined"] == len(BAD) and report["fast_path"]
+    bundle = small_model["bundle"]
+    report = run_job(path, out, bundle, params, chunk_rows=700, progress=False)
+    assert report["rows_scored"] == 3000 - len(BAD) and report["rows_quarantined"] == len(BAD)
+    assert report["bundle_sha"] == bundle.sha and report["model_version"] == "local"
     scores, quarantine = pd.read_parquet(out), pd.read_csv(report["quarantine"])
     assert sorted(quarantine["_row"]) == sorted(BAD)
     for row, (col, _) in BAD.items():
@@ -47,14 +48,16 @@ def test_job_scores_valid_rows_and_quarantines_bad_ones(batch, small_model, smal
     assert scores["_row"].is_unique and set(scores["_row"]) == set(range(3000)) - set(BAD)
     valid = pd.read_csv(path).drop(index=list(BAD))
     from pipeline.validate import clean_types
-    expected = small_model["model"].predict_proba(clean_types(valid, small_params))[:, 1]
-    assert scores.sort_values("_row")["risk_score"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    expected = bundle.predict(clean_types(valid, small_params))
+    ordered = scores.sort_values("_row")
+    assert ordered["risk_score"].tolist() == expected["risk_score"].tolist()  # the bundle's own call: the same bits
+    assert ordered["decision"].tolist() == expected["decision"].tolist() and set(scores["bundle_sha"]) == {bundle.sha}
     # the same reason codes as the service's answers
-    scorer, _ = load_scorer(small_model["dir"] / "model.joblib", small_model["decision"], params, {}, check_sample(params))
-    service = scorer.score(clean_types(valid.head(50), small_params))
+    service = Scorer(bundle, params, check_sample(params)).answers(clean_types(valid.head(50), small_params))
     k = params["serve"]["reason_codes"]
-    for s, (_, r) in zip(service, scores.sort_values("_row").head(50).iterrows()):
+    for s, (_, r) in zip(service, ordered.head(50).iterrows()):
         assert [c["feature"] for c in s["reason_codes"]] == [r[f"reason_{j}"] for j in range(1, k + 1) if pd.notna(r[f"reason_{j}"])]
+        assert [str(c["value"]) for c in s["reason_codes"]] == [r[f"reason_{j}_value"] for j in range(1, k + 1) if pd.notna(r[f"reason_{j}"])]
         assert s["risk_grade"] == r["risk_grade"] and s["decision"] == r["decision"]
     assert json.loads((tmp_path / "scores.report.json").read_text())["rows_in"] == 3000
     assert not (tmp_path / "scores.parquet.parts").exists()
@@ -62,8 +65,8 @@ def test_job_scores_valid_rows_and_quarantines_bad_ones(batch, small_model, smal
 
 def test_declined_only_reason_codes(batch, small_model, small_params, tmp_path):
     path, _ = batch
-    run_job(path, tmp_path / "s.parquet", small_model["dir"] / "model.joblib", small_model["decision"],
-            _params(small_params, reason_codes_for="declined"), chunk_rows=1000, progress=False)
+    run_job(path, tmp_path / "s.parquet", small_model["bundle"], _params(small_params, reason_codes_for="declined"),
+            chunk_rows=1000, progress=False)
     s = pd.read_parquet(tmp_path / "s.parquet")
     declined = s["decision"] == "decline"
     assert declined.any() and s.loc[~declined, "reason_1"].isna().all() and s.loc[declined, "reason_1"].notna().all()
@@ -74,9 +77,8 @@ def test_resume_after_kill_has_no_duplicates_or_losses(batch, small_model, small
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(_params(small_params)))
     out = tmp_path / "scores.parquet"
-    d = small_model["dir"]
     cmd = [sys.executable, "-m", "pipeline.score", "--params", str(params_path), "--input", str(path), "--output", str(out),
-           "--model", str(d / "model.joblib"), "--decision", str(d / "decision.json"), "--chunk-rows", "100"]
+           "--model", str(small_model["bundle"].path), "--chunk-rows", "100"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     parts = tmp_path / "scores.parquet.parts"
     end = time.time() + 120
@@ -96,9 +98,8 @@ def test_resume_after_kill_has_no_duplicates_or_losses(batch, small_model, small
     scores = pd.read_parquet(out)
     assert scores["_row"].is_unique and set(scores["_row"]) == set(range(3000)) - set(BAD)
     clean = tmp_path / "clean.parquet"
-    run_job(path, clean, d / "model.joblib", small_model["decision"], _params(small_params), chunk_rows=100, progress=False)
-    expected = pd.read_parquet(clean)
-    pd.testing.assert_frame_equal(scores.drop(columns="model_version"), expected.drop(columns="model_version"))
+    run_job(path, clean, small_model["bundle"], _params(small_params), chunk_rows=100, progress=False)
+    pd.testing.assert_frame_equal(scores, pd.read_parquet(clean))
 
 
 def test_cli_help_and_bad_input(tmp_path):
@@ -112,13 +113,13 @@ def test_parts_made_with_other_reason_code_settings_are_refused(batch, small_mod
     from pipeline.core import write_json
     from pipeline.score import job_manifest
     path, _ = batch
-    model, out = small_model["dir"] / "model.joblib", tmp_path / "s.parquet"
+    bundle, out = small_model["bundle"], tmp_path / "s.parquet"
     declined = _params(small_params, reason_codes_for="declined")
     (tmp_path / "s.parquet.parts").mkdir()
-    write_json(job_manifest(path, model, 1000, declined), tmp_path / "s.parquet.parts" / "manifest.json")
+    write_json(job_manifest(path, bundle.sha, 1000, declined), tmp_path / "s.parquet.parts" / "manifest.json")
     with pytest.raises(ValueError, match="reason codes differ"):  # all rows' reasons would mix with declined rows' only
-        run_job(path, out, model, small_model["decision"], _params(small_params), chunk_rows=1000, progress=False)
-    report = run_job(path, out, model, small_model["decision"], declined, chunk_rows=1000, progress=False)
+        run_job(path, out, bundle, _params(small_params), chunk_rows=1000, progress=False)
+    report = run_job(path, out, bundle, declined, chunk_rows=1000, progress=False)
     assert report["chunks_resumed"] == 0 and report["rows_in"] == 3000
 
 
@@ -130,3 +131,26 @@ def test_combine_writes_a_column_typed_differently_in_two_parts_as_text(tmp_path
         assert combine([tmp_path / "part-0.parquet", tmp_path / "part-1.parquet"], out) == 3
         df = pd.read_parquet(out) if out.suffix == ".parquet" else pd.read_csv(out)
         assert list(df["id"].astype(str)) == ["10", "11", "A-12"] and df["reason_1"].tolist()[2] == "PAY_0"
+
+
+def test_a_tampered_bundle_is_refused_naming_the_file(small_model, batch, tmp_path):
+    import shutil
+    copy = tmp_path / "bundle"
+    shutil.copytree(small_model["bundle"].path, copy)
+    data = bytearray((copy / "rules.json").read_bytes())
+    data[10] ^= 1
+    (copy / "rules.json").write_bytes(bytes(data))
+    r = subprocess.run([sys.executable, "-m", "pipeline.score", "--input", str(batch[0]), "--output", str(tmp_path / "o.parquet"),
+                        "--model", str(copy)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "rules.json: sha256 does not match" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_a_file_that_cannot_be_scored_fails_and_keeps_its_quarantine(small_model, small_params, tmp_path):
+    df = small_model["test"].head(300)
+    path = tmp_path / "semicolons.csv"
+    df.to_csv(path, index=False, sep=";")   # the wrong delimiter: one column, every row quarantined
+    r = subprocess.run([sys.executable, "-m", "pipeline.score", "--input", str(path), "--output", str(tmp_path / "o.parquet"),
+                        "--model", str(small_model["bundle"].path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "max_bad_share" in r.stderr and "Traceback" not in r.stderr
+    assert len(pd.read_csv(tmp_path / "o.quarantine.csv")) == 300
