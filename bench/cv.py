@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
 
 from pipeline.core import get_logger, load_params, score, target_vector
-from pipeline.featurize import build_featurizer
+from pipeline.featurize import Featurizer
 from pipeline.train import train_models
 from pipeline.validate import read_input, validate_frame
 
@@ -39,7 +39,7 @@ def main() -> None:
     for i, (fit_idx, test_idx) in enumerate(cv.split(rows, y)):
         fit, test = rows.iloc[fit_idx], rows.iloc[test_idx]
         train, valid = train_test_split(fit, test_size=valid_share, stratify=y[fit_idx], random_state=f["seed"])
-        featurizer = build_featurizer(params).fit(train)
+        featurizer = Featurizer.from_params(params).fit(train)
         result = train_models({"train": train, "valid": valid}, featurizer, params, progress=False)
         yt = target_vector(test, params)
         aucs.append(roc_auc_score(yt, score(result["models"]["xgboost"], test)))

@@ -45,7 +45,9 @@ def params_for(base: dict) -> dict:
                      "rule_max_share": {}}
     p["batches"] = {**base["batches"], "shifts": {"income": {"scale": 0.6}, "region": {"set": "north", "share": 0.5}}}
     p["train"] = {**base["train"], "n_trials": 3, "max_rounds": 300}
-    p["explain"] = {**base["explain"], "sample_rows": 200}
+    p["explain"] = {**base["explain"], "sample_rows": 200, "descriptions": {"debt_to_income": "debt / income", "late_0": "late payments, last month"}}
+    p["evaluate"] = {**base["evaluate"], "fairness_bands": {"age": [18, 30, 45, 60, 101]}}
+    p["serve"] = {**base["serve"], "heuristic": {**base["serve"]["heuristic"], "weights": {"late_0": 0.5, "late_1": 0.3}}}
     return p
 
 

@@ -72,11 +72,14 @@ def test_mlflow_run_is_traceable(small_repo):
     assert list(got.columns) == ["risk_score", "risk_grade", "scaled_score", "decision"]
     pd.testing.assert_frame_equal(got, local)
     assert set(got["decision"]) <= {"approve", "decline"} and got["risk_score"].between(0, 1).all()
-    card = (repo / "models/MODEL_CARD.md").read_text()  # the champion's card; rewritten only on promotion
-    title = f"# Model card: {registry['registered_model']} version {registry['version']}\n"
-    assert (info["run_id"] in card) == registry["promoted"]
+    card = repo / "models/MODEL_CARD.md"  # the champion's card; written only on promotion
+    assert card.exists() == registry["promoted"]
     if registry["promoted"]:
-        assert card.startswith(title)
+        text = card.read_text()
+        assert text.startswith(f"# Model card: {registry['registered_model']} version {registry['version']}\n")
+        assert info["run_id"] in text and registry["bundle_sha"] in text
+    assert json.loads((repo / "models/registered.json").read_text()) == {"registered_model": registry["registered_model"],
+                                                                         "bundle_sha": registry["bundle_sha"]}
 
 
 def aliases(env, name="riskops-credit-default") -> dict:

@@ -122,20 +122,22 @@ def test_drift_report_shows_the_shift_histograms_and_realised_performance(drift_
 def test_another_version_is_rescored_on_the_current_test_split(repo, monkeypatch):
     "A version from another run: no stage outputs of its own, so its curves and metrics come from rescoring it."
     import joblib
-    import mlflow
     from pipeline.core import setup_mlflow
-    from pipeline.registry import Registry
+    from pipeline.evaluate import evaluate_models
+    from pipeline.registry import Registry, register_candidate
     from pipeline.report import champion_comparison, model_evidence, previous_champion, resolve_version
-    from pipeline.train import log_models
+    from tests.conftest import make_bundle
     repo, env, params, _ = repo
     monkeypatch.chdir(repo)
     for k, v in env.items(): monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DVC_EXP_NAME", "another")  # registered as an experiment would be: no alias moves
     setup_mlflow(params)
-    with mlflow.start_run(run_name="another"):
-        uri = log_models({"models": {"baseline": joblib.load("models/baseline.joblib")},
-                          "example": pd.read_parquet("data/split/valid.parquet").head(3)})["baseline"]
+    splits = {n: pd.read_parquet(f"data/split/{n}.parquet") for n in ("train", "valid", "test")}
+    baseline = joblib.load("models/baseline.joblib")
+    metrics, _ = evaluate_models(splits, {"m": baseline, "baseline": baseline}, "m", params)
+    bundle = make_bundle(baseline, splits, params, repo / "another_bundle")
     reg = Registry(params["mlflow"]["registered_model"])
-    version = mlflow.register_model(uri, reg.name).version
+    version = register_candidate(reg, bundle.path, bundle.sha, None, metrics, params)["version"]
     assert resolve_version(reg, version) == str(version) and resolve_version(reg, "current") == "1"
     ev = model_evidence(reg, str(version), params)
     evaluated = json.loads((repo / "metrics/evaluate.json").read_text())

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,11 @@ def test_a_tampered_bundle_is_refused_naming_the_file(small_model, batch, tmp_pa
                         "--model", str(copy)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "rules.json: sha256 does not match" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.parquet").exists()
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    export = subprocess.run([str(Path(sys.executable).parent / "riskops-export"), str(copy)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)   # the export refuses it too
+    assert export.returncode == 2 and "rules.json: sha256 does not match" in export.stderr and "Traceback" not in export.stderr
+    assert not (tmp_path / "bentoml" / "models").exists() or not any((tmp_path / "bentoml" / "models").rglob("MANIFEST.json"))
 
 
 def test_a_file_that_cannot_be_scored_fails_and_keeps_its_quarantine(small_model, small_params, tmp_path):
