@@ -404,5 +404,6 @@ d = { 'settings': { 'branch': 'main',
                                    'pipeline.validate.row_failures': ('validate.html#row_failures', 'pipeline/validate.py'),
                                    'pipeline.validate.rule_holds': ('validate.html#rule_holds', 'pipeline/validate.py'),
                                    'pipeline.validate.summary': ('validate.html#summary', 'pipeline/validate.py'),
+                                   'pipeline.validate.validate_for_scoring': ('validate.html#validate_for_scoring', 'pipeline/validate.py'),
                                    'pipeline.validate.validate_frame': ('validate.html#validate_frame', 'pipeline/validate.py'),
                                    'pipeline.validate.validation_html': ('validate.html#validation_html', 'pipeline/validate.py')}}}

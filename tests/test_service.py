@@ -314,6 +314,15 @@ def test_tampered_bundle_fallback_not_ready_or_refuses(tmp_path_factory, small_m
         srv.stop()
 
 
+def test_bento_requirements_pin_the_locked_versions_and_no_training_code(root):
+    lock = {l.split("==")[0].lower(): l.split("==")[1] for l in (root / "constraints.txt").read_text().split() if "==" in l}
+    pins = [l for l in (root / "bentos/requirements.txt").read_text().splitlines() if l and not l.startswith("#")]
+    names = {p.split("==")[0].split("[")[0].lower(): p.split("==")[1] for p in pins}
+    assert all("==" in p for p in pins) and all(lock[n] == v for n, v in names.items()), (names, lock)
+    assert {"xgboost", "scikit-learn", "numpy", "fastcore", "bentoml"} <= set(names)
+    assert not {"optuna", "shap", "matplotlib", "mlflow"} & set(names)
+
+
 def test_bento_builds_offline_and_is_listed(tmp_path_factory, small_model, small_params):
     params_path = _params_file(tmp_path_factory, small_params)
     home = _home(tmp_path_factory, small_model, params_path)
