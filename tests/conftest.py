@@ -76,10 +76,11 @@ def mlflow_env(tmp: Path) -> dict:
 def keep_mlflow_uri_in_its_test():
     """mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: restore it, so one test's temporary store never
     leaks into the next test or into the notebook kernels nbval starts later."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}  # set_experiment exports the id
     yield
-    if before is None: os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else: os.environ["MLFLOW_TRACKING_URI"] = before
+    for k, v in before.items():
+        if v is None: os.environ.pop(k, None)
+        else: os.environ[k] = v
 
 
 # --- A throw-away PostgreSQL server (the audit trail's tests; reusable by any test that needs one) ---------------
