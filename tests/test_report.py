@@ -51,6 +51,7 @@ def test_stage_writes_the_model_report(repo):
     assert injected and f"version = \"{registry['version']}\"" in "".join(injected[0]["source"])
     html = (repo / "reports/model_report.html").read_text()
     assert f"version {registry['version']}" in html and "ROC AUC" in html and "95% low" in html
+    assert registry["bundle_sha"] in html  # the report names the bundle it describes
     assert "<script src=" not in html and "import pipeline" not in html  # self-contained, no input cells
     status = run(["dvc", "status", "report"], repo, env).stdout
     assert "changed" not in status, status
