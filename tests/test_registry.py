@@ -94,6 +94,11 @@ def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
     assert resolve(CHAMPION, p).version == first["version"] and resolve(CHAMPION, p).sha == first["bundle_sha"]
     check_operations_commands(setting, refused_version=worse["version"])
     check_resolver_refusals(setting)
+    promote(reg, better["version"], "again, after the drill")  # history: first, better
+    reg.client.delete_model_version(reg.name, first["version"])
+    with pytest.raises(BundleError, match=f"version {first['version']}, no longer exists"):
+        rollback(reg, "to a deleted version")
+    assert reg.alias(CHAMPION) == better["version"]
 
 
 def check_operations_commands(setting, refused_version: str):
