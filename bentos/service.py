@@ -13,33 +13,49 @@ RISK_AUDIT_DB_URL (SQLAlchemy URL of the audit database; default: SQLite at serv
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
-from pydantic import Field, TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
 from pipeline.export import bento_bundle
-from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows
+from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows, request_models
 from pipeline.scorer import Scorer, check_sample
 from pipeline.audit import audit_records, audit_trail, personal_policy
 
 PARAMS = load_params(os.environ.get("RISKOPS_PARAMS", "params.yaml"))
 SERVE = PARAMS["serve"]
 MODEL_NAME = PARAMS["register"]["bento_model"]
-Applicant = applicant_model(PARAMS)
-Applicants = Annotated[list[Applicant], Field(min_length=1, max_length=SERVE["max_list"])]
+Applicant = applicant_model(PARAMS)  # strict types, float32-representable numbers, the validate rules per applicant
+BODIES = request_models(PARAMS, Applicant)  # each endpoint's body: no unknown fields at any level, lists limited
 PROTECTED = ("/score", "/score_batch", "/explain")
 ANSWERS, EXPLANATION = TypeAdapter(list[ScoreAnswer]), TypeAdapter(ExplainAnswer)
-log = get_logger("bentos.service")
+log = get_logger("service", fmt=SERVE.get("log_format", "json"))
+logging.getLogger("riskops").propagate = False  # BentoML's root handler would print each line a second time
+
+
+class ClientErrorsAtInfo(logging.Filter):
+    "BentoML logs every refused request at ERROR with a traceback: a client's mistake (4xx) is one INFO line instead."
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", 500)
+        if isinstance(exc, ValidationError) or (isinstance(exc, InvalidArgument) or status < 500):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+            record.msg = f"{record.msg}: client error: %s"
+            record.args = (*(record.args or ()), str(exc).splitlines()[0])
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
 
 SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scored, by risk grade and method",
                                  labelnames=["grade", "method"])
@@ -140,24 +156,35 @@ class RiskService:
                 ans["request_id"] = uuid.uuid4().hex
                 self._audit(endpoint, ans["request_id"], [rec], [ans], start)
         else: self._audit(endpoint, rid, records, answers, start)
+        self._log(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers], len(records), start)
         return answers
 
-    @bentoml.api
-    def score(self, applicants: Applicants, request_id: str | None = None) -> list[ScoreAnswer]:
+    def _log(self, endpoint: str, request_id, applicants: int, started: float) -> None:
+        "One JSON line per request: endpoint, request id(s), model version, applicants, latency."
+        ident = self.scorer.identity
+        log.info("scored", extra={"endpoint": endpoint, "request_id": request_id, "model_name": ident["model_name"],
+                                  "model_version": ident["model_version"], "method": self.scorer.method,
+                                  "applicants": applicants, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+    @bentoml.api(input_spec=BODIES["score"])
+    def score(self, applicants: list, request_id: str | None = None) -> list[ScoreAnswer]:
         "Score up to serve.max_list applicants: risk score, grade, scaled score, decision, reason codes."
         return _json(ANSWERS, self._score("score", applicants, request_id))
 
-    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
-    def score_batch(self, applicants: Annotated[list[Applicant], Field(min_length=1)]) -> list[ScoreAnswer]:
+    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"],
+                 input_spec=BODIES["score_batch"])
+    def score_batch(self, applicants: list) -> list[ScoreAnswer]:
         "The same answers as /score, with adaptive batching of concurrent calls."
         return self._score("score_batch", applicants)
 
-    @bentoml.api
+    @bentoml.api(input_spec=BODIES["explain"])
     def explain(self, applicant: Applicant) -> ExplainAnswer:
         "Every field's exact contribution (log-odds) to one applicant's risk, with the applicant's values."
         start, record = time.perf_counter(), applicant.model_dump()
         answer = self.scorer.explain([record])[0]
-        self._audit("explain", uuid.uuid4().hex, [record], [answer], start)
+        rid = uuid.uuid4().hex
+        self._audit("explain", rid, [record], [answer], start)
+        self._log("explain", rid, 1, start)
         return _json(EXPLANATION, answer)
 
     @bentoml.on_shutdown
