@@ -13,6 +13,7 @@ RISK_AUDIT_DB_URL (SQLAlchemy URL of the audit database; default: SQLite at serv
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import sys
@@ -79,6 +80,31 @@ def load_model():
 if SERVE["fallback"] == "none": load_model()  # refuse before BentoML starts any worker
 
 
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+INVALID = {"type": "object", "required": ["error", "detail"], "properties": {
+    "error": {"type": "string", "example": "1 validation error for ScoreRequestIODescriptor"},
+    "detail": {"type": "array", "items": {"type": "object", "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "description": "where: the field, e.g. [\"applicants\", 0, \"AGE\"]"},
+        "msg": {"type": "string", "description": "why, naming the bound, limit or rule"}, "type": {"type": "string"}}}}}}
+REFUSALS = {"400": ("the body breaks the request model: each bad field (loc) and why (msg)", INVALID),
+            "401": ("missing or wrong bearer token", ERROR), "415": ("the body is not application/json", ERROR),
+            "503": ("overloaded: the adaptive batch waited longer than serve.max_latency_ms", ERROR)}
+
+
+def document(spec: dict, token: bool) -> dict:
+    "The service's OpenAPI document with the bearer scheme and the 400/401/415/503 answers of the scoring endpoints."
+    spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                                       "description": "RISK_API_TOKEN (when set)"}}
+    for path in PROTECTED:
+        post = spec.get("paths", {}).get(path, {}).get("post")
+        if post is None: continue
+        if token: post["security"] = [{"bearer": []}]
+        post["responses"] |= {code: {"description": why, "content": {"application/json": {"schema": schema}}}
+                              for code, (why, schema) in REFUSALS.items()}
+    return spec
+
+
 class RequestGate:
     """ASGI middleware in front of the scoring endpoints: when RISK_API_TOKEN is set they need
     `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type)."""
@@ -91,7 +117,21 @@ class RequestGate:
                     "headers": [(b"content-type", b"application/json"), *extra]})
         await send({"type": "http.response.body", "body": body})
 
+    async def _documented(self, scope, receive, send):
+        "The OpenAPI document BentoML builds, completed by `document` (its schema objects cannot say these things)."
+        start, chunks = {}, []
+        async def keep(message):
+            if message["type"] == "http.response.start": start.update(message)
+            else: chunks.append(message.get("body", b""))
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") == 200: body = json.dumps(document(json.loads(body), bool(self.token))).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/docs.json": return await self._documented(scope, receive, send)
         if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")

@@ -114,3 +114,7 @@ def test_openapi_schema_documents_codes_bounds_and_an_example_that_scores(hard):
     assert body["additionalProperties"] is False
     r = requests.post(hard.url + "/score", json=body["example"], headers=AUTH)
     assert r.status_code == 200, r.text
+    post = spec["paths"]["/score_batch"]["post"]
+    assert post["security"] == [{"bearer": []}] and spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert {"400", "401", "415", "503"} <= set(post["responses"])
+    assert "detail" in post["responses"]["400"]["content"]["application/json"]["schema"]["properties"]
