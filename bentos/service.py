@@ -13,33 +13,50 @@ RISK_AUDIT_DB_URL (SQLAlchemy URL of the audit database; default: SQLite at serv
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import os
 import sys
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Annotated
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
-from pydantic import Field, TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
 from pipeline.export import bento_bundle
-from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows
+from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows, request_models
 from pipeline.scorer import Scorer, check_sample
 from pipeline.audit import audit_records, audit_trail, personal_policy
 
 PARAMS = load_params(os.environ.get("RISKOPS_PARAMS", "params.yaml"))
 SERVE = PARAMS["serve"]
 MODEL_NAME = PARAMS["register"]["bento_model"]
-Applicant = applicant_model(PARAMS)
-Applicants = Annotated[list[Applicant], Field(min_length=1, max_length=SERVE["max_list"])]
+Applicant = applicant_model(PARAMS)  # strict types, float32-representable numbers, the validate rules per applicant
+BODIES = request_models(PARAMS, Applicant)  # each endpoint's body: no unknown fields at any level, lists limited
 PROTECTED = ("/score", "/score_batch", "/explain")
 ANSWERS, EXPLANATION = TypeAdapter(list[ScoreAnswer]), TypeAdapter(ExplainAnswer)
-log = get_logger("bentos.service")
+log = get_logger("service", fmt=SERVE.get("log_format", "json"))
+logging.getLogger("riskops").propagate = False  # BentoML's root handler would print each line a second time
+
+
+class ClientErrorsAtInfo(logging.Filter):
+    "BentoML logs every refused request at ERROR with a traceback: a client's mistake (4xx) is one INFO line instead."
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        status = getattr(getattr(exc, "error_code", None), "value", 500)
+        if isinstance(exc, ValidationError) or (isinstance(exc, InvalidArgument) or status < 500):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+            record.msg = f"{record.msg}: client error: %s"
+            record.args = (*(record.args or ()), str(exc).splitlines()[0])
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
 
 SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scored, by risk grade and method",
                                  labelnames=["grade", "method"])
@@ -63,6 +80,31 @@ def load_model():
 if SERVE["fallback"] == "none": load_model()  # refuse before BentoML starts any worker
 
 
+ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+INVALID = {"type": "object", "required": ["error", "detail"], "properties": {
+    "error": {"type": "string", "example": "1 validation error for ScoreRequestIODescriptor"},
+    "detail": {"type": "array", "items": {"type": "object", "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "description": "where: the field, e.g. [\"applicants\", 0, \"AGE\"]"},
+        "msg": {"type": "string", "description": "why, naming the bound, limit or rule"}, "type": {"type": "string"}}}}}}
+REFUSALS = {"400": ("the body breaks the request model: each bad field (loc) and why (msg)", INVALID),
+            "401": ("missing or wrong bearer token", ERROR), "415": ("the body is not application/json", ERROR),
+            "503": ("overloaded: the adaptive batch waited longer than serve.max_latency_ms", ERROR)}
+
+
+def document(spec: dict, token: bool) -> dict:
+    "The service's OpenAPI document with the bearer scheme and the 400/401/415/503 answers of the scoring endpoints."
+    spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer",
+                                                                       "description": "RISK_API_TOKEN (when set)"}}
+    for path in PROTECTED:
+        post = spec.get("paths", {}).get(path, {}).get("post")
+        if post is None: continue
+        if token: post["security"] = [{"bearer": []}]
+        post["responses"] |= {code: {"description": why, "content": {"application/json": {"schema": schema}}}
+                              for code, (why, schema) in REFUSALS.items()}
+    return spec
+
+
 class RequestGate:
     """ASGI middleware in front of the scoring endpoints: when RISK_API_TOKEN is set they need
     `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type)."""
@@ -75,7 +117,21 @@ class RequestGate:
                     "headers": [(b"content-type", b"application/json"), *extra]})
         await send({"type": "http.response.body", "body": body})
 
+    async def _documented(self, scope, receive, send):
+        "The OpenAPI document BentoML builds, completed by `document` (its schema objects cannot say these things)."
+        start, chunks = {}, []
+        async def keep(message):
+            if message["type"] == "http.response.start": start.update(message)
+            else: chunks.append(message.get("body", b""))
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") == 200: body = json.dumps(document(json.loads(body), bool(self.token))).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == "/docs.json": return await self._documented(scope, receive, send)
         if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")
@@ -140,24 +196,35 @@ class RiskService:
                 ans["request_id"] = uuid.uuid4().hex
                 self._audit(endpoint, ans["request_id"], [rec], [ans], start)
         else: self._audit(endpoint, rid, records, answers, start)
+        self._log(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers], len(records), start)
         return answers
 
-    @bentoml.api
-    def score(self, applicants: Applicants, request_id: str | None = None) -> list[ScoreAnswer]:
+    def _log(self, endpoint: str, request_id, applicants: int, started: float) -> None:
+        "One JSON line per request: endpoint, request id(s), model version, applicants, latency."
+        ident = self.scorer.identity
+        log.info("scored", extra={"endpoint": endpoint, "request_id": request_id, "model_name": ident["model_name"],
+                                  "model_version": ident["model_version"], "method": self.scorer.method,
+                                  "applicants": applicants, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+    @bentoml.api(input_spec=BODIES["score"])
+    def score(self, applicants: list, request_id: str | None = None) -> list[ScoreAnswer]:
         "Score up to serve.max_list applicants: risk score, grade, scaled score, decision, reason codes."
         return _json(ANSWERS, self._score("score", applicants, request_id))
 
-    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"])
-    def score_batch(self, applicants: Annotated[list[Applicant], Field(min_length=1)]) -> list[ScoreAnswer]:
+    @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"],
+                 input_spec=BODIES["score_batch"])
+    def score_batch(self, applicants: list) -> list[ScoreAnswer]:
         "The same answers as /score, with adaptive batching of concurrent calls."
         return self._score("score_batch", applicants)
 
-    @bentoml.api
+    @bentoml.api(input_spec=BODIES["explain"])
     def explain(self, applicant: Applicant) -> ExplainAnswer:
         "Every field's exact contribution (log-odds) to one applicant's risk, with the applicant's values."
         start, record = time.perf_counter(), applicant.model_dump()
         answer = self.scorer.explain([record])[0]
-        self._audit("explain", uuid.uuid4().hex, [record], [answer], start)
+        rid = uuid.uuid4().hex
+        self._audit("explain", rid, [record], [answer], start)
+        self._log("explain", rid, 1, start)
         return _json(EXPLANATION, answer)
 
     @bentoml.on_shutdown

@@ -65,12 +65,19 @@ def in_notebook() -> bool:
     "True inside a Jupyter kernel, where `__name__ == '__main__'` too: stage modules must not run their CLI there."
     return "ipykernel" in sys.modules
 
-def get_logger(name: str) -> logging.Logger:
-    "A logger that prints `time level stage: message` once per process."
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=os.environ.get("RISKOPS_LOG_LEVEL", "INFO"),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return logging.getLogger(name)
+def get_logger(name: str, fmt: str | None = None) -> logging.Logger:
+    """The logger `riskops.<name>`: one stderr handler on `riskops` at RISKOPS_LOG_LEVEL (default INFO), lines as
+    `time level name: message`, or JSON lines (python-json-logger) when `fmt` or RISKOPS_LOG_FORMAT is `json`."""
+    from pythonjsonlogger.json import JsonFormatter
+    top = logging.getLogger("riskops")
+    if not top.handlers: top.addHandler(logging.StreamHandler())
+    fmt = fmt or os.environ.get("RISKOPS_LOG_FORMAT")
+    if fmt or top.handlers[0].formatter is None:
+        top.handlers[0].setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
+                                                   rename_fields={"asctime": "time", "levelname": "level"}) if fmt == "json"
+                                     else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    top.setLevel(os.environ.get("RISKOPS_LOG_LEVEL", "INFO"))
+    return logging.getLogger(f"riskops.{name}")
 
 # %% ../nbs/00_core.ipynb #0fb2bbd9
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -143,7 +150,7 @@ def load_models(models_dir: str | Path = "models") -> tuple[dict, dict]:
 # %% ../nbs/00_core.ipynb #4a3b4f1f
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:
     "Hex digest of a file's bytes: md5 as DVC records it, sha256 for model bundles."
-    h = hashlib.new(algorithm)
+    h = hashlib.new(algorithm, usedforsecurity=False)  # identity of a file (DVC records md5), not a secret
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
     return h.hexdigest()

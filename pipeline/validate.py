@@ -29,8 +29,12 @@ class DataQualityError(Exception):
 # %% ../nbs/01_validate.ipynb #c703b8c0
 def _numbers(s: pd.Series) -> pd.Series: return pd.to_numeric(s, errors="coerce")
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 def _numeric_checks(spec: dict) -> list[pa.Check]:
-    checks = [pa.Check(lambda s: _numbers(s).notna(), name="numeric type")]
+    "Type, the declared bounds, and a number a model can represent (finite, within float32: XGBoost reads float32)."
+    checks = [pa.Check(lambda s: _numbers(s).notna(), name="numeric type"),
+              pa.Check(lambda s: ~(_numbers(s).abs() > _F32_MAX), name="beyond float32")]
     if spec.get("min") is not None:
         lo = spec["min"]
         checks.append(pa.Check(lambda s: ~(_numbers(s) < lo), name=f"min {lo}"))
