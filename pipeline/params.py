@@ -61,7 +61,7 @@ KNOWN_KEYS: dict[str, str] = {
     "explain": "sample_rows top_features dependence_plots reason_codes descriptions",
     "batches": "source out months scenarios sudden_month labels seed shifts",
     "batches.shifts.*": "scale add set share",
-    "drift": "model current bins min_rows psi_monitor psi_alert auc_drop_monitor auc_drop_alert webhook",
+    "drift": "model current window bins min_rows psi_monitor psi_alert auc_drop_monitor auc_drop_alert webhook",
     "drift.webhook": "url url_env min_level retries backoff_s timeout_s max_total_s",
     "report": "model_version dir kernel cell_timeout_s histograms audit_entries",
     "mlflow": "experiment registered_model",

@@ -379,3 +379,80 @@ def test_strict_json_turns_every_nan_into_null_with_a_reason(tmp_path):
     assert back == {"a": None, "a_reason": "not a finite number", "b": None, "b_reason": "not a finite number", "c": None,
                     "c_reason": "given", "d": [1.0, None], "e": {"f": None, "f_reason": "not a finite number"}, "g": 3}
     assert "NaN" not in path.read_text()
+
+
+# --- Monitoring what was served: the batch from the audit trail ----------------------------------------------------
+
+def write_audit(url, spool, rows: pd.DataFrame, version: str, scored_at: str, request_id: str, scores=None, decisions=None):
+    "Audit `rows` as one /score_batch request through the real AuditTrail (spool, then database)."
+    from pipeline.audit import AuditTrail, audit_records
+    n = len(rows)
+    scores = np.full(n, 0.2) if scores is None else scores
+    decisions = ["approve"] * n if decisions is None else decisions
+    answers = [{"risk_score": float(s), "decision": d, "model_version": version, "scored_at": scored_at}
+               for s, d in zip(scores, decisions)]
+    trail = AuditTrail(url, spool, flush_interval_s=0.02)
+    trail.write(audit_records("/score_batch", request_id, rows.to_dict("records"), answers, 1.0))
+    assert trail.close()
+
+
+@pytest.fixture(scope="module")
+def served(world, params, tmp_path_factory):
+    "An audit database: 1,000 recent applicants of version 1 with AGE shifted, 1,000 unshifted of version 2, 500 old ones."
+    s, profile, model = world
+    tmp = tmp_path_factory.mktemp("served")
+    url = f"sqlite:///{tmp / 'audit.db'}"
+    rows = s["test"].drop(columns=params["data"]["target"])
+    now = pd.Timestamp.now(tz="UTC")
+    shifted = rows.iloc[:1000].assign(AGE=rows.AGE.iloc[:1000] + 15)
+    write_audit(url, tmp / "spool", shifted, "1", (now - pd.Timedelta(days=3)).isoformat(timespec="milliseconds"), "shifted")
+    write_audit(url, tmp / "spool", rows.iloc[1000:2000], "2", (now - pd.Timedelta(days=2)).isoformat(timespec="milliseconds"), "plain")
+    old = rows.iloc[2000:2500].assign(LIMIT_BAL=rows.LIMIT_BAL.iloc[2000:2500] * 10)
+    write_audit(url, tmp / "spool", old, "1", (now - pd.Timedelta(days=60)).isoformat(timespec="milliseconds"), "old")
+    return url
+
+
+def test_drift_over_the_audit_window_alerts_on_the_shifted_feature_only(world, params, served):
+    from pipeline.drift import audited_batch
+    s, profile, model = world
+    batch, rows = audited_batch(served, params, since="30d", version="1")
+    assert len(batch) == 1000 and set(rows.model_version) == {"1"}  # the 60-day-old rows are outside the window
+    table, summary = drift_report(profile, s["train"], batch, model, params, baseline=s["test"])
+    assert table.index[table.status == "alert"].tolist() == ["AGE"], table[["psi", "status"]]
+    assert (table.drop(index="AGE").status == "stable").all()
+    plain, _ = audited_batch(served, params, since="30d", version="2")
+    table2, _ = drift_report(profile, s["train"], plain, model, params, baseline=s["test"])
+    assert not (table2.status == "alert").any()
+    everything, _ = audited_batch(served, params)  # no window, no version: every audited applicant
+    assert len(everything) == 2500
+
+
+def test_drift_command_refuses_an_empty_window_or_a_bad_one_in_one_line(served, capsys):
+    from pipeline.drift import main
+    assert main(["--since", "30d", "--version", "7", "--db", served]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("drift: no audited /score or /score_batch records since") and "of version 7" in err and "\n" not in err
+    assert main(["--since", "thirty days", "--db", served]) == 2
+    assert "expected a number of hours, days or weeks" in capsys.readouterr().err
+
+
+def test_the_drift_page_opens_with_the_verdict_then_wide_histograms_then_the_table(world, params, served, tmp_path):
+    import base64, io, re
+    from PIL import Image
+    from pipeline.drift import audited_batch
+    from tests.conftest import plot_coloured, screenshot
+    s, profile, model = world
+    batch, _ = audited_batch(served, params, since="30d", version="1")
+    table, summary = drift_report(profile, s["train"], batch, model, params, baseline=s["test"])
+    alerts = alert_records(table, summary, params)
+    html = drift_html(profile, table, summary | {"batch": "audit_30d_v1"}, alerts)
+    verdict, first_img, features = html.index("class='verdict'"), html.index("<img"), html.index(">Features<")
+    assert verdict < first_img < features
+    card = html[verdict:first_img]
+    assert "alert" in card and "AGE: PSI" in card and "What to do:" in card
+    pngs = [Image.open(io.BytesIO(base64.b64decode(b))) for b in re.findall(r"base64,([^']+)'", html)]
+    assert len(pngs) == 1 + len(profile) and all(p.size[0] >= 600 for p in pngs), [p.size for p in pngs[:3]]
+    page = tmp_path / "drift.html"
+    page.write_text(html)
+    shot = screenshot(page, tmp_path, size=(1280, 2400))
+    assert plot_coloured(shot[: 2400]) > 20_000  # the verdict card and the first histograms are drawn above the fold
