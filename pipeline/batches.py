@@ -113,4 +113,4 @@ def main(argv=None) -> int:
              scenarios, len(paths), b["out"])
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

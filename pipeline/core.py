@@ -26,10 +26,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 # %% auto #0
-__all__ = ['repo_root', 'load_params', 'cli_parser', 'stage_cli', 'in_notebook', 'get_logger', 'read_table', 'write_json',
-           'read_json', 'rounded', 'as_code', 'code_of', 'feature_columns', 'target_vector', 'score', 'ks_statistic',
-           'load_models', 'file_digest', 'file_md5', 'params_hash', 'git_commit', 'lineage_tags', 'tracking_uri',
-           'setup_mlflow']
+__all__ = ['KNOWN_FAILURES', 'repo_root', 'load_params', 'cli_parser', 'stage_cli', 'run_cli', 'in_notebook', 'get_logger',
+           'read_table', 'write_json', 'read_json', 'rounded', 'as_code', 'code_of', 'feature_columns', 'target_vector',
+           'score', 'ks_statistic', 'load_models', 'file_digest', 'file_md5', 'params_hash', 'git_commit',
+           'lineage_tags', 'tracking_uri', 'setup_mlflow']
 
 # %% ../nbs/00_core.ipynb #be7ca8d3
 def repo_root(package_dir: str | Path | None = None) -> Path:
@@ -59,6 +59,19 @@ def cli_parser(description: str) -> argparse.ArgumentParser:
 def stage_cli(description: str, argv=None) -> argparse.Namespace:
     "Parse a stage's command line."
     return cli_parser(description).parse_args(argv)
+
+# %% ../nbs/00_core.ipynb #5d5f2606
+KNOWN_FAILURES = ("ParamsError", "BundleError", "DataQualityError", "FileNotFoundError")
+
+def run_cli(main, argv=None) -> int:
+    "Run a command's `main(argv)`; a params mistake or a known failure is one line per problem on stderr, exit 2."
+    try: return main(argv) or 0
+    except Exception as e:
+        known = any(c.__name__ in KNOWN_FAILURES for c in type(e).__mro__)
+        if not known or os.environ.get("RISKOPS_TRACEBACK"): raise
+        lines = getattr(e, "problems", None) or [" ".join(str(e).split()) or type(e).__name__]
+        print("\n".join(lines), file=sys.stderr)
+        return 2
 
 # %% ../nbs/00_core.ipynb #8b0e9e91
 def in_notebook() -> bool:

@@ -481,4 +481,4 @@ def main(argv=None) -> int:
              summary["performance_status"], summary["performance_basis"], len(alerts), delivery)
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

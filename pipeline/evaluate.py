@@ -247,4 +247,4 @@ def main(argv=None) -> int:
              metrics["grades_monotone"], fair["min_disparate_impact_ratio"], robust["worst_auc_drop"], robust["worst_scenario"], sha[:12])
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

@@ -240,4 +240,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__" and not in_notebook():
     from pipeline.featurize import main  # run the importable module: pickles must name pipeline.featurize, not __main__
-    sys.exit(main())
+    from pipeline.core import run_cli
+    sys.exit(run_cli(main))

@@ -5,6 +5,7 @@
 # %% ../nbs/07_registry.ipynb #47f3dda8
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -18,39 +19,97 @@ import mlflow.pyfunc
 from .bundle import CHALLENGER, CHAMPION, BundleError, Registry, load_bundle, resolve, verify_bundle
 from .core import (cli_parser, feature_columns, get_logger, in_notebook, lineage_tags, load_params, read_json,
                            read_table, repo_root, setup_mlflow, stage_cli, target_vector, write_json)
+from .core import run_cli
+from .params import ParamsError
 from .featurize import engineered_features
 
 # %% auto #0
-__all__ = ['RUNTIME_PACKAGES', 'gate', 'gate_summary', 'versions_table', 'BundlePyfunc', 'pinned', 'log_bundle',
+__all__ = ['UNASSESSABLE', 'RUNTIME_PACKAGES', 'SCHEMA_KEYS', 'unassessable', 'criterion', 'gini_gain_criterion',
+           'fairness_reason', 'gate', 'gate_summary', 'versions_table', 'BundlePyfunc', 'pinned', 'log_bundle',
            'compare_with_champion', 'register_candidate', 'promote', 'rollback', 'fairness_section', 'model_card',
            'main', 'list_cli', 'promote_cli', 'rollback_cli', 'export_cli']
 
 # %% ../nbs/07_registry.ipynb #c1bd1f8a
-def gate(metrics: dict, criteria: dict, champion_auc: float | None = None, fairness: dict | None = None,
-         robustness: dict | None = None) -> list[dict]:
-    "Check a candidate's test metrics (and fairness, robustness summaries) against the criteria; one row per criterion."
-    gain = metrics["gini"] / metrics["baseline_gini"] - 1 if metrics["baseline_gini"] > 0 else float("inf")
-    rows = [("test AUC", metrics["auc"], ">=", criteria["min_auc"]),
-            ("relative Gini gain over baseline", gain, ">=", criteria["min_gini_gain_over_baseline"]),
-            ("expected calibration error", metrics["ece"], "<=", criteria["max_ece"])]
-    if champion_auc is not None:
-        rows.append(("AUC drop vs champion", champion_auc - metrics["auc"], "<=", criteria["max_auc_drop_vs_champion"]))
-    if fairness is not None:  # a figure that could not be assessed (None) is NaN, which fails its criterion
-        value = lambda key: float("nan") if fairness[key] is None else fairness[key]
-        rows += [("fairness: disparate-impact ratio", value("min_disparate_impact_ratio"), ">=",
-                  criteria["min_disparate_impact_ratio"]),
-                 ("fairness: equalized-odds difference", value("max_equalized_odds_difference"), "<=",
-                  criteria["max_equalized_odds_difference"])]
-    if robustness is not None:
-        rows.append(("robustness: worst AUC drop", robustness["worst_auc_drop"], "<=", criteria["max_robustness_auc_drop"]))
-    return [{"criterion": name, "value": float(value), "rule": op, "limit": float(limit),
-             "passed": bool(value >= limit if op == ">=" else value <= limit)} for name, value, op, limit in rows]
+UNASSESSABLE = ("refuse", "warn")
 
+def unassessable(criteria: dict) -> str:
+    "`register.unassessable`: what a criterion that cannot be assessed does (refuse, the default, or warn)."
+    policy = criteria.get("unassessable", "refuse")
+    if policy not in UNASSESSABLE: raise ParamsError([f"register.unassessable: {policy!r} is not one of refuse, warn"])
+    return policy
+
+def criterion(name: str, value, rule: str, limit: float, reason: str | None = None, compared: bool = True) -> dict:
+    "One gate row: value, rule (>=, <=, <), limit, whether it could be assessed and why not; `passed` None until the gate decides."
+    assessed = compared and value is not None and value == value  # NaN is never a value: it is a reason
+    ok = {">=": lambda: value >= limit, "<=": lambda: value <= limit, "<": lambda: value < limit}[rule]
+    return {"criterion": name, "value": float(value) if assessed else None, "rule": rule, "limit": float(limit),
+            "assessed": assessed, "status": ("pass" if ok() else "fail") if assessed else
+            ("not assessed" if compared else "not compared"), "reason": reason, "passed": bool(ok()) if assessed else None}
+
+# %% ../nbs/07_registry.ipynb #fe0278b6
+def gini_gain_criterion(metrics: dict, criteria: dict) -> dict:
+    "Relative Gini gain of the winner over the baseline; when the baseline won, of the runner-up over it (must stay under the bar)."
+    limit, base = criteria["min_gini_gain_over_baseline"], metrics["baseline_gini"]
+    gain = lambda gini: gini / base - 1 if base > 0 else float("inf")
+    if metrics.get("model") != "baseline":
+        return criterion("relative Gini gain over baseline", gain(metrics["gini"]), ">=", limit)
+    others = {k[:-5]: v for k, v in metrics.items() if k.endswith("_gini") and k not in ("baseline_gini",)}
+    if not others:
+        return criterion("relative Gini gain over baseline", None, ">=", limit, "the baseline won and no other model was evaluated")
+    name = max(others, key=others.get)
+    return criterion(f"relative Gini gain of the runner-up ({name}) over the baseline, the winner", gain(others[name]), "<", limit,
+                     f"the baseline won: {name} is preferred only with a gain of at least {limit:g}")
+
+# %% ../nbs/07_registry.ipynb #5696b141
+def fairness_reason(fairness: dict, min_rows: int) -> str:
+    "Why the fairness figures could not be assessed: no protected column, or which groups have too few test rows."
+    columns = fairness.get("columns") or {}
+    if not columns: return "no protected column (columns.protected is empty)"
+    out = []
+    for col, rep in columns.items():
+        if (rep.get("groups_compared") or 0) >= 2: continue
+        groups = rep.get("groups") or {}
+        if len(groups) < 2: out.append(f"{col} has {len(groups)} group in the test split")
+        small = sorted((int(r["rows"]), str(g)) for g, r in groups.items() if r["rows"] < min_rows)
+        out += [f"{col} group {g} has {n} test rows, fewer than evaluate.fairness_min_rows {min_rows}" for n, g in small[:3]]
+    return "; ".join(out) or "not assessed by evaluate"
+
+# %% ../nbs/07_registry.ipynb #71b8d270
+def gate(metrics: dict, criteria: dict, champion_auc: float | None = None, fairness: dict | None = None,
+         robustness: dict | None = None, champion_note: str | None = None, champion_comparable: bool = True,
+         fairness_min_rows: int = 100) -> list[dict]:
+    """Check a candidate's test metrics (and fairness, robustness summaries) against the criteria; one row per criterion.
+    A criterion that cannot be assessed refuses or passes with a warning (`register.unassessable`); a champion of
+    another feature schema (`champion_comparable=False`) is not compared."""
+    policy = unassessable(criteria)
+    rows = [criterion("test AUC", metrics["auc"], ">=", criteria["min_auc"]), gini_gain_criterion(metrics, criteria),
+            criterion("expected calibration error", metrics["ece"], "<=", criteria["max_ece"])]
+    if champion_auc is not None or champion_note:
+        rows.append(criterion("AUC drop vs champion", None if champion_auc is None else champion_auc - metrics["auc"], "<=",
+                              criteria["max_auc_drop_vs_champion"], champion_note, champion_comparable))
+    if fairness is not None:
+        why = fairness_reason(fairness, fairness_min_rows)
+        rows += [criterion("fairness: disparate-impact ratio", fairness["min_disparate_impact_ratio"], ">=",
+                           criteria["min_disparate_impact_ratio"], why),
+                 criterion("fairness: equalized-odds difference", fairness["max_equalized_odds_difference"], "<=",
+                           criteria["max_equalized_odds_difference"], why)]
+    if robustness is not None:
+        rows.append(criterion("robustness: worst AUC drop", robustness["worst_auc_drop"], "<=", criteria["max_robustness_auc_drop"]))
+    for r in rows:
+        if r["passed"] is None: r["passed"] = r["status"] == "not compared" or policy == "warn"
+        if r["assessed"] and r["rule"] != "<": r["reason"] = None  # a figure needs no reason; the runner-up's rule does
+    return rows
+
+# %% ../nbs/07_registry.ipynb #25d7fd27
 def gate_summary(results: list[dict]) -> str:
-    "One line per failed criterion with its figures, or 'passed'."
-    failed = [r for r in results if not r["passed"]]
-    if not failed: return "passed every criterion"
-    return "refused: " + "; ".join(f"{r['criterion']} = {r['value']:.4f}, must be {r['rule']} {r['limit']:.4f}" for r in failed)
+    "'passed every criterion', or what refused it (figures, or why a criterion could not be assessed); warnings and skipped comparisons are said."
+    def say(r):
+        if r["assessed"]: return f"{r['criterion']} = {r['value']:.4f}, must be {r['rule']} {r['limit']:.4f}"
+        return f"{r['criterion']} {r['status']}: {r['reason']}"
+    failed = [say(r) for r in results if not r["passed"]]
+    notes = [say(r) for r in results if r["passed"] and not r["assessed"]]
+    head = ("refused: " + "; ".join(failed)) if failed else "passed every criterion" + (" it could assess" if notes else "")
+    return head + (f" ({'; '.join(notes)})" if notes else "")
 
 # %% ../nbs/07_registry.ipynb #62b383c7
 def versions_table(reg: Registry) -> pd.DataFrame:
@@ -91,12 +150,23 @@ def log_bundle(bundle_dir: str | Path, sha: str) -> str:
     return info.model_uri
 
 # %% ../nbs/07_registry.ipynb #5be9ba23
-def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candidate_auc: float) -> dict:
-    "The current champion's AUC on the same test rows as the candidate's (a regression check); no champion, no figures."
+SCHEMA_KEYS = ("numeric", "categorical", "features")
+
+def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candidate_auc: float,
+                          candidate_lineage: dict | None = None) -> dict:
+    """The current champion's AUC on the same test rows as the candidate's (a regression check); no champion, no figures.
+    A champion of another feature schema (its lineage's numeric, categorical or features differ) is not compared."""
     from sklearn.metrics import roc_auc_score
     if reg.alias(CHAMPION) is None: return {"champion_version": None}
+    numeric, categorical = feature_columns(params)
+    mine = candidate_lineage or {"numeric": numeric, "categorical": categorical}
     try:
         champion = resolve(CHAMPION, params)
+        differ = [k for k in SCHEMA_KEYS if k in mine and champion.lineage.get(k) != mine[k]]
+        if differ:  # champion_version stays None: there is no comparison to show
+            return {"champion_version": None, "other_schema_champion": champion.version, "not_compared":
+                    f"champion version {champion.version} was trained on another feature schema ({', '.join(differ)} differ): "
+                    "not compared, the candidate is judged on the other criteria"}
         auc = float(roc_auc_score(target_vector(test, params), champion.predict(test)["risk_score"]))
     except Exception as e:  # tampered, moved outside the commands, or unscorable by this code: the gate refuses
         get_logger("registry").warning("champion cannot be scored: %s", e)
@@ -115,9 +185,10 @@ def register_candidate(reg: Registry, bundle_dir: str | Path, sha: str, run_id: 
     if (existing := reg.by_sha(sha)) is not None:
         return base | {"version": existing, "new": False, "promoted": False, "champion": champion,
                        "verdict": f"bundle {sha[:12]} is already version {existing}: nothing registered"}
-    champion_auc = (comparison or {}).get("champion_auc")
-    if (comparison or {}).get("error"): champion_auc = float("nan")  # not comparable: the criterion fails
-    results = gate(metrics, params["register"], champion_auc, fairness, robustness)
+    c = comparison or {}
+    results = gate(metrics, params["register"], c.get("champion_auc"), fairness, robustness,
+                   champion_note=c.get("not_compared") or c.get("error"), champion_comparable=not c.get("not_compared"),
+                   fairness_min_rows=params.get("evaluate", {}).get("fairness_min_rows", 100))
     verdict, passed = gate_summary(results), all(r["passed"] for r in results)
     with mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(run_name="register"):
         version = str(mlflow.register_model(log_bundle(bundle_dir, sha), reg.name).version)
@@ -174,7 +245,7 @@ def fairness_section(fairness: dict | None) -> str:
 
 def model_card(params: dict, registry_info: dict, metrics: dict, validation: dict, tags: dict,
                fairness: dict | None = None) -> str:
-    "Markdown model card of a promoted version: use, data, features, metrics with intervals, calibration, lineage."
+    "Markdown model card of a promoted version: use, data (described by `data.description`, `data.unit`, `data.period`), features, metrics, lineage."
     d, f = params["data"], params["featurize"]
     numeric, categorical = feature_columns(params)
     engineered = engineered_features(params)
@@ -182,20 +253,26 @@ def model_card(params: dict, registry_info: dict, metrics: dict, validation: dic
     rows = "\n".join(f"| {label} | {m[k]:.4f} | " + (f"{m[k + '_ci_low']:.4f} – {m[k + '_ci_high']:.4f}" if k + "_ci_low" in m else "")
                      + f" | {m['baseline_' + k]:.4f} |" for label, k in [("ROC AUC", "auc"), ("Gini", "gini"), ("KS", "ks"),
                      ("PR AUC", "pr_auc"), ("Brier score", "brier"), ("Log loss", "log_loss")])
-    criteria = "\n".join(f"| {r['criterion']} | {r['value']:.4f} | {r['rule']} {r['limit']:.4f} | {'pass' if r['passed'] else 'FAIL'} |"
+    value = lambda r: "-" if r["value"] is None else f"{r['value']:.4f}"
+    result = lambda r: ("pass" if r["passed"] else "FAIL") + (f" ({r['status']}: {r['reason']})" if not r.get("assessed", True) else "")
+    criteria = "\n".join(f"| {r['criterion']} | {value(r)} | {r['rule']} {r['limit']:.4f} | {result(r)} |"
                          for r in registry_info["criteria"])
+    unit, about = d.get("unit") or "applicant", d.get("description") or "what a row and the target mean is not stated (data.description)"
     return f"""# Model card: {registry_info['registered_model']} version {registry_info['version']}
 
 ## Intended use
-Scores the probability that a credit-card holder defaults on next month's payment, to support (not
+Scores the probability of the adverse outcome (`{d['target']}` = {d['positive']!r}) for a {unit}, to support (not
 replace) credit decisions by trained staff: approval, limit setting, collections priority. Not for
 decisions on populations, products or periods unlike the training data without revalidation.
+
+The data: {about}
 
 ## Data
 - Source: {d.get('name', d['path'])} (`{d['path']}`, md5 `{tags.get('data_md5', '?')}`)
 - Period: {d.get('period', 'not stated')}
 - Rows: {validation['rows_in']:,} in, {validation['rows_passed']:,} passed validation, {validation['rows_quarantined']:,} quarantined
-- Target: `{d['target']}` = {d['positive']!r} is a default; test default rate {m['default_rate_test']:.2%}
+- Unit: one row is one {unit}
+- Target: `{d['target']}` = {d['positive']!r} is the adverse outcome; test default rate {m['default_rate_test']:.2%}
 - Split: stratified, seeded (seed {f['seed']}): validation {f['valid_size']:.0%}, test {f['test_size']:.0%}
 
 ## Model
@@ -225,8 +302,8 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 {criteria}
 
 ## Limitations
-- Trained on one issuer's customers in one six-month period; economic conditions, products and
-  populations change, so monitor drift (`drift` stage) and revalidate.
+- Trained on one data set ({d.get('name') or d['path']}) of one period ({d.get('period') or 'not stated: data.period'});
+  economic conditions, products and populations change, so monitor drift (`drift` stage) and revalidate.
 - Scores are calibrated on the development data's default rate; recalibrate when the default rate moves.
 - Correlation, not causation: reason codes describe the model, not why a customer defaults.
 
@@ -242,13 +319,14 @@ def main(argv=None) -> int:
     args = stage_cli("Register the model bundle (models/bundle) as challenger and promote it if it passes the gate.", argv)
     log = get_logger("register")
     params = load_params(args.params)
+    unassessable(params["register"])  # a params mistake: before any data is read
     setup_mlflow(params)
     metrics, test = read_json("metrics/evaluate.json"), read_table("data/split/test.parquet")
     metrics["default_rate_test"] = float(target_vector(test, params).mean())
     sha = verify_bundle("models/bundle")
     run = read_json("models/mlflow_run.json")["run_id"] if Path("models/mlflow_run.json").exists() else None
     reg = Registry(params["mlflow"]["registered_model"])
-    comparison = compare_with_champion(reg, test, params, metrics["auc"])
+    comparison = compare_with_champion(reg, test, params, metrics["auc"], read_json("models/bundle/lineage.json"))
     result = register_candidate(reg, "models/bundle", sha, run, metrics, params, comparison,
                                 *(read_json(f"metrics/{name}.json") for name in ("fairness", "robustness")))
     write_json(result | {"run_id": run, "comparison": comparison}, "models/registry.json")  # git-ignored: this store's numbers
@@ -277,6 +355,11 @@ def _one_line(command: str, action) -> int:
 
 def _moved(entry: dict) -> str: return f"{entry['alias']}: version {entry['from']} -> {entry['to']}"
 
+def _command(fn):
+    "A console script run by `run_cli`: a params mistake or a known failure is one line and exit code 2."
+    return functools.wraps(fn)(lambda argv=None: run_cli(fn, argv))
+
+@_command
 def list_cli(argv=None) -> int:
     "riskops-models: every registered version with its aliases, test metrics, gate verdict and bundle sha."
     args = cli_parser("List the registered model's versions with aliases, test metrics, gate verdict and bundle sha.").parse_args(argv)
@@ -285,6 +368,7 @@ def list_cli(argv=None) -> int:
     print(f"{reg.name}: no versions yet" if table.empty else table.to_string(index=False))
     return 0
 
+@_command
 def promote_cli(argv=None) -> int:
     "riskops-promote: make a version champion (only if it passed the gate, unless --force)."
     p = cli_parser("Make a registered version the champion; it must have passed the gate unless --force.")
@@ -295,6 +379,7 @@ def promote_cli(argv=None) -> int:
     reg, _ = _registry(args)
     return _one_line("riskops-promote", lambda: _moved(promote(reg, args.version, args.reason, args.force)))
 
+@_command
 def rollback_cli(argv=None) -> int:
     "riskops-rollback: point champion back at the previous champion."
     p = cli_parser("Roll the champion alias back to the previous champion (from the audit log).")
@@ -303,6 +388,7 @@ def rollback_cli(argv=None) -> int:
     reg, _ = _registry(args)
     return _one_line("riskops-rollback", lambda: _moved(rollback(reg, args.reason)))
 
+@_command
 def export_cli(argv=None) -> int:
     "riskops-export: a version's bundle (default: the champion), verified, into the BentoML model store."
     from pipeline.export import export_bento
@@ -315,4 +401,4 @@ def export_cli(argv=None) -> int:
         return f"exported {bundle.label} to BentoML model {export_bento(bundle, params['register']['bento_model'])}"
     return _one_line("riskops-export", export)
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

@@ -351,4 +351,4 @@ def main(argv=None) -> int:
     log.info("wrote %s and %s in %.1f s", notebook, html, time.perf_counter() - start)
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

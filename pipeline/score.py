@@ -198,4 +198,4 @@ def main(argv=None) -> int:
         return 2
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

@@ -209,4 +209,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__" and not in_notebook():
     from pipeline.train import main  # run the importable module: pickles must name pipeline.train, not __main__
-    sys.exit(main())
+    from pipeline.core import run_cli
+    sys.exit(run_cli(main))

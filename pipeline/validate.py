@@ -20,7 +20,7 @@ from .params import CompiledRule, ParamsError, RuleError, compile_rules
 # %% auto #0
 __all__ = ['CSS', 'DataQualityError', 'required_columns', 'rule_holds', 'check_rules', 'build_schema', 'row_failures',
            'clean_types', 'validate_frame', 'validate_for_scoring', 'make_report', 'summary', 'check_gate', 'html_page',
-           'validation_html', 'read_input', 'main']
+           'validation_html', 'data_vs_params', 'read_input', 'main']
 
 # %% ../nbs/01_validate.ipynb #fd66bcb8
 class DataQualityError(Exception):
@@ -189,10 +189,39 @@ def validation_html(report: dict, quarantine: pd.DataFrame, max_rows: int = 50) 
     return html_page("Validation report", [("Verdict", head), ("Rules broken", table),
                                            (f"Quarantined rows (first {min(max_rows, len(quarantine))} of {len(quarantine)})", shown)])
 
+# %% ../nbs/01_validate.ipynb #ed9eec42
+def data_vs_params(df: pd.DataFrame, params: dict, source: str | Path) -> list[str]:
+    "Every way the data contradict params, one line each starting with the key path; empty when they agree."
+    from .core import code_of
+    from .params import closest
+    d, c, cols = params["data"], params["columns"], [str(x) for x in df.columns]
+    have, out = set(cols), []
+    listed = ", ".join(cols[:30]) + (", ..." if len(cols) > 30 else "")
+    declared = [(f"columns.{k}.{n}", n) for k in ("numeric", "categorical") for n in c[k]]
+    declared += [(f"data.{k}", d[k]) for k in ("target", "id") if d.get(k) is not None]
+    for key, name in declared:
+        if name not in have:
+            hint = f"; did you mean {closest(name, cols)!r}?" if closest(name, cols) else ""
+            out.append(f"{key}: {name!r} is not a column of {source} (columns: {listed}){hint}")
+    for n in c["numeric"]:
+        if n in have and df[n].notna().any() and pd.to_numeric(df[n], errors="coerce").isna().all():
+            out.append(f"columns.numeric.{n}: no value of {source} is a number (e.g. {df[n].dropna().iloc[0]!r})")
+    if d["target"] in have:
+        seen = as_code(df[d["target"]]).dropna().value_counts().index.tolist()
+        shown = ", ".join(map(repr, seen[:10])) + (", ..." if len(seen) > 10 else "")
+        allowed = {code_of(v) for v in d["target_values"]}
+        if code_of(d["positive"]) not in seen:
+            out.append(f"data.positive: {d['positive']!r} never occurs in column {d['target']!r} of {source} (values seen: {shown})")
+        if not (set(seen) & allowed) - {code_of(d["positive"])}:
+            out.append(f"data.target_values: no value but the positive one occurs in column {d['target']!r} of {source} "
+                       f"(values seen: {shown}; allowed: {', '.join(map(repr, d['target_values']))})")
+    return out
+
 # %% ../nbs/01_validate.ipynb #6321aa2b
 def read_input(params: dict) -> pd.DataFrame:
-    "The raw table from params, sampled to `data.sample_rows` (seeded) when set; the index is the row number."
+    "The raw table from params, checked against params (`data_vs_params`), sampled to `data.sample_rows` (seeded) when set; the index is the row number."
     df = read_table(params["data"]["path"])
+    if (problems := data_vs_params(df, params, params["data"]["path"])): raise ParamsError(problems)
     n = params["data"].get("sample_rows")
     if n and n < len(df): df = df.sample(n=n, random_state=params["data"]["sample_seed"]).sort_index()
     return df
@@ -219,4 +248,4 @@ def main(argv=None) -> int:
     log.info(summary(report))
     return 0
 
-if __name__ == "__main__" and not in_notebook(): sys.exit(main())
+if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))

@@ -16,6 +16,7 @@ from pipeline.model import CalibratedMargin, ScoringModel
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
                                register_candidate, rollback)
 from pipeline.train import cross_fit, train_models
+from pipeline.params import ParamsError
 from pipeline.validate import validate_frame
 from tests.conftest import BIN, deep_merge, make_bundle
 
@@ -154,12 +155,111 @@ def check_resolver_refusals(setting):
         client.set_model_version_tag(reg.name, champion, "bundle_sha", recorded)
 
 
-def test_gate_refuses_what_it_cannot_assess(params):
-    metrics = {"auc": 0.79, "gini": 0.58, "baseline_gini": 0.5, "ece": 0.01}
+CRITERIA = {"min_auc": 0.75, "min_gini_gain_over_baseline": 0.10, "max_auc_drop_vs_champion": 0.005, "max_ece": 0.03,
+            "min_disparate_impact_ratio": 0.8, "max_equalized_odds_difference": 0.2, "max_robustness_auc_drop": 0.05}
+SMALL_GROUPS = {"min_disparate_impact_ratio": None, "max_equalized_odds_difference": None,
+                "columns": {"AGE": {"groups_compared": 1, "groups": {"[18, 45)": {"rows": 163}, "[45, 121)": {"rows": 37}}}}}
+
+
+def test_gate_refuses_what_it_cannot_assess_and_says_why(params):
+    metrics = {"model": "xgboost", "auc": 0.79, "gini": 0.58, "baseline_gini": 0.5, "ece": 0.01}
     fair = {"min_disparate_impact_ratio": 0.9, "max_equalized_odds_difference": 0.05}
-    assert all(r["passed"] for r in gate(metrics, params["register"], 0.789, fair, {"worst_auc_drop": 0.01}))
-    unknown = {"min_disparate_impact_ratio": None, "max_equalized_odds_difference": None}
-    results = gate(metrics, params["register"], None, unknown)
-    assert [r["criterion"] for r in results if not r["passed"]] == ["fairness: disparate-impact ratio",
-                                                                    "fairness: equalized-odds difference"]
-    assert "fairness: disparate-impact ratio = nan" in gate_summary(results)
+    assert all(r["passed"] and r["assessed"] for r in gate(metrics, params["register"], 0.789, fair, {"worst_auc_drop": 0.01}))
+    results = gate(metrics, CRITERIA, None, SMALL_GROUPS, fairness_min_rows=100)
+    unassessed = [r for r in results if not r["assessed"]]
+    assert [r["criterion"] for r in results if not r["passed"]] == [r["criterion"] for r in unassessed] == [
+        "fairness: disparate-impact ratio", "fairness: equalized-odds difference"]
+    assert all(r["value"] is None and r["status"] == "not assessed" for r in unassessed)
+    why = "AGE group [45, 121) has 37 test rows, fewer than evaluate.fairness_min_rows 100"
+    assert unassessed[0]["reason"] == why
+    summary = gate_summary(results)
+    assert summary.startswith("refused: fairness: disparate-impact ratio not assessed: " + why) and "nan" not in summary
+    warned = gate(metrics, CRITERIA | {"unassessable": "warn"}, None, SMALL_GROUPS, fairness_min_rows=100)
+    assert all(r["passed"] for r in warned)
+    assert gate_summary(warned).startswith("passed every criterion it could assess (fairness: disparate-impact ratio not assessed")
+    no_protected = gate(metrics, CRITERIA, None, {"min_disparate_impact_ratio": None, "max_equalized_odds_difference": None,
+                                                  "columns": {}})
+    assert no_protected[-1]["reason"] == "no protected column (columns.protected is empty)"
+    with pytest.raises(ParamsError, match="register.unassessable: 'maybe' is not one of refuse, warn"):
+        gate(metrics, CRITERIA | {"unassessable": "maybe"})
+
+
+def test_a_baseline_winner_is_judged_against_the_runner_up():
+    base = {"model": "baseline", "auc": 0.80, "gini": 0.60, "baseline_gini": 0.60, "ece": 0.01}
+    kept = gate(base | {"xgboost_gini": 0.61}, CRITERIA)
+    gain = kept[1]
+    assert gain["criterion"] == "relative Gini gain of the runner-up (xgboost) over the baseline, the winner"
+    assert gain["value"] == pytest.approx(0.61 / 0.60 - 1) and gain["rule"] == "<" and gain["passed"]
+    assert gate_summary(kept) == "passed every criterion"
+    beaten = gate(base | {"xgboost_gini": 0.70}, CRITERIA)[1]  # the runner-up gains the bar on test: not the baseline
+    assert not beaten["passed"] and "preferred only with a gain of at least 0.1" in beaten["reason"]
+    xgb = gate({"model": "xgboost", "auc": 0.8, "gini": 0.6, "baseline_gini": 0.6, "ece": 0.01}, CRITERIA)[1]
+    assert xgb["criterion"] == "relative Gini gain over baseline" and xgb["value"] == 0 and not xgb["passed"]
+
+
+def test_a_champion_of_another_schema_is_not_compared():
+    metrics = {"model": "xgboost", "auc": 0.79, "gini": 0.58, "baseline_gini": 0.5, "ece": 0.01}
+    note = "champion version 3 was trained on another feature schema (numeric, features differ): not compared"
+    results = gate(metrics, CRITERIA, None, champion_note=note, champion_comparable=False)
+    row = next(r for r in results if r["criterion"] == "AUC drop vs champion")
+    assert row["status"] == "not compared" and row["passed"] and row["value"] is None and row["reason"] == note
+    assert gate_summary(results) == f"passed every criterion it could assess (AUC drop vs champion not compared: {note})"
+    unscorable = gate(metrics, CRITERIA, None, champion_note="the champion could not be scored (KeyError)")
+    assert gate_summary(unscorable) == "refused: AUC drop vs champion not assessed: the champion could not be scored (KeyError)"
+
+
+def test_model_card_describes_the_data_from_params(params):
+    from pipeline.registry import model_card
+    m = {k: 0.5 for k in ("auc", "gini", "ks", "pr_auc", "brier", "log_loss", "threshold", "approval_rate",
+                          "default_rate_approved", "precision", "recall", "brier_uncalibrated", "ece", "ece_uncalibrated",
+                          "default_rate_test")}
+    m |= {f"baseline_{k}": 0.4 for k in ("auc", "gini", "ks", "pr_auc", "brier", "log_loss")} | {"model": "xgboost"}
+    p = {**params, "data": {**params["data"], "description": "one row per small-business loan", "unit": "small business",
+                            "period": "2019 to 2021"}}
+    info = {"registered_model": "m", "version": "1", "criteria": gate(m, CRITERIA, None, SMALL_GROUPS)}
+    card = model_card(p, info, m, {"rows_in": 10, "rows_passed": 9, "rows_quarantined": 1}, {})
+    assert "small business" in card and "one row per small-business loan" in card and "2019 to 2021" in card
+    assert "credit-card" not in card and "six-month" not in card and "nan" not in card
+    assert "FAIL (not assessed: AGE group [45, 121) has 37 test rows" in card
+
+
+def test_stages_exit_2_with_the_key_path_on_a_params_mistake(tmp_path, params):
+    "Every stage and console script: one line per mistake naming the key path, exit 2, no traceback, no data read."
+    bad = {**params, "data": {**params["data"], "positive": 7}, "register": {**params["register"], "unassessable": "maybe"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    env = dict(os.environ)
+    commands = [[str(BIN / "python"), "-m", f"pipeline.{m}"] for m in ("validate", "featurize", "train", "evaluate", "registry")]
+    commands += [[str(BIN / "riskops-models")], [str(BIN / "riskops-export")]]
+    for cmd in commands:
+        out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 2, (cmd, out.stderr[-2000:])
+        assert "data.positive: 7 is not one of data.target_values" in out.stderr, (cmd, out.stderr)
+        assert "Traceback" not in out.stderr, (cmd, out.stderr)
+    registry_only = {**params, "register": {**params["register"], "unassessable": "maybe"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(registry_only))
+    out = subprocess.run([str(BIN / "python"), "-m", "pipeline.registry"], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == "register.unassessable: 'maybe' is not one of refuse, warn", out.stderr
+
+
+def test_data_contradicting_params_exits_2_naming_the_key(tmp_path, params):
+    "Declared columns missing from the file, a positive value never seen: one line each with the key path, exit 2."
+    pd.DataFrame({"Income": [1.0, 2.0, 3.0], "status": ["good", "bad", "good"]}).to_csv(tmp_path / "loans.csv", index=False)
+    p = {**params, "data": {**params["data"], "path": "loans.csv", "target": "status", "target_values": ["good", "bad"],
+                            "positive": "bad"},
+         "columns": {**params["columns"], "numeric": {"income": {}}, "categorical": {}, "protected": []},
+         "featurize": {**params["featurize"], "ratios": {}, "aggregates": {}},
+         "validate": {**params["validate"], "rules": [], "rule_max_share": {}},
+         "evaluate": {**params["evaluate"], "fairness_bands": {}}, "explain": {**params["explain"], "descriptions": {}},
+         "batches": {**params["batches"], "shifts": {}}, "serve": {**params["serve"], "heuristic": {**params["serve"]["heuristic"], "weights": {}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
+    assert subprocess.run([str(BIN / "riskops-check")], cwd=tmp_path, capture_output=True, text=True).returncode == 0
+    out = subprocess.run([str(BIN / "python"), "-m", "pipeline.validate"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == ("columns.numeric.income: 'income' is not a column of loans.csv (columns: Income, status); "
+                                  "did you mean 'Income'?"), out.stderr
+    pd.DataFrame({"income": [1.0, 2.0], "status": ["good", "good"]}).to_csv(tmp_path / "loans.csv", index=False)
+    out = subprocess.run([str(BIN / "python"), "-m", "pipeline.validate"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "data.positive: 'bad' never occurs in column 'status' of loans.csv (values seen: 'good')"), out.stderr
+    assert not (tmp_path / "data/validated").exists()
