@@ -50,7 +50,8 @@ class AuditedServer(Server):
             except (ValueError, OSError, IndexError): pass
         found, todo = [], [self.proc.pid]
         while todo:
-            kids = [p for p, pp in parent.items() if pp == todo.pop()]
+            pid = todo.pop()
+            kids = [p for p, pp in parent.items() if pp == pid]
             todo += kids
             for k in kids:
                 try: found.append((k, Path(f"/proc/{k}/cmdline").read_bytes().replace(b"\0", b" ").decode()))
