@@ -28,7 +28,7 @@ GATE_OPEN = {"min_auc": 0.5, "min_gini_gain_over_baseline": -1.0, "max_ece": 1.0
 def store(tmp_path_factory, small_params):
     "A fresh MLflow store and a params file whose gate lets each new version through (the test is about serving)."
     tmp = tmp_path_factory.mktemp("champion")
-    p = deep_merge(small_params, {"register": GATE_OPEN})
+    p = deep_merge(small_params, {"register": GATE_OPEN, "serve": {"audit": {"spool_dir": str(tmp / "spool")}}})
     (tmp / "params.yaml").write_text(yaml.safe_dump(p))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     mp = pytest.MonkeyPatch()

@@ -169,8 +169,9 @@ def _home(tmp_path_factory, small_model, params_path, tamper=False) -> Path:
 
 
 def _params_file(tmp_path_factory, small_params, **serve) -> Path:
-    p = tmp_path_factory.mktemp("params") / "params.yaml"
-    p.write_text(yaml.safe_dump(deep_merge(small_params, {"serve": {"max_list": 5, **serve}})))
+    p = tmp_path_factory.mktemp("params") / "params.yaml"  # each params file its own audit spool, never the repo's
+    spool = {"audit": {**small_params["serve"]["audit"], "spool_dir": str(p.parent / "spool")}}
+    p.write_text(yaml.safe_dump(deep_merge(small_params, {"serve": {"max_list": 5, **spool, **serve}})))
     return p
 
 
