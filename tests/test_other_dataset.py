@@ -124,7 +124,8 @@ def test_pipeline_end_to_end_on_a_generated_dataset(name, tmp_path, root):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
     env = mlflow_env(tmp_path)
     run(["riskops-check"], repo, env)
-    run(["dvc", "repro"], repo, env)
+    # every stage on the set with hostile values (explain names files after features); up to register for the others
+    run(["dvc", "repro"] if name == "punctuation" else ["dvc", "repro", "register"], repo, env)
 
     metrics = json.loads((repo / "metrics/evaluate.json").read_text())
     registry = json.loads((repo / "models/registry.json").read_text())
