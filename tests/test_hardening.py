@@ -12,17 +12,13 @@ import requests
 import yaml
 
 from tests.conftest import ROOT, deep_merge
-from tests.test_service import AUTH, Server, _home, _params_file, _records, small_model  # noqa: F401  (fixture)
+from tests.test_service import AUTH, Server, _home, _params_file, _records, server, small_model  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="module")
-def hard(tmp_path_factory, small_model, small_params):  # noqa: F811
-    params_path = _params_file(tmp_path_factory, small_params)
-    home = _home(tmp_path_factory, small_model, params_path)
-    srv = Server(home, params_path, home / "audit.sqlite")
-    assert srv.wait("/readyz"), Path(srv.log.name).read_text()[-3000:]
-    yield srv
-    srv.stop()
+def hard(server):  # noqa: F811
+    "The session's `bentoml serve` of tests/test_service.py: one server start, not two."
+    return server
 
 
 def _named(r) -> str:
