@@ -194,6 +194,15 @@ def test_webhook_gives_up_within_its_time_budget_and_never_raises(hook_server):
     assert dead["delivered"] is False and dead["attempts"] == 3 and dead["error"]
 
 
+def test_webhook_refuses_urls_that_are_not_http(tmp_path):
+    "urlopen also reads file:// and ftp://: a webhook URL from params or the environment must be http(s)."
+    secret = tmp_path / "secret.txt"
+    secret.write_text("x")
+    for url in (secret.as_uri(), "ftp://127.0.0.1/x", "gopher://127.0.0.1/"):
+        result = post_webhook(url, {"x": 1}, retries=0)
+        assert result == {"delivered": False, "attempts": 0, "error": "webhook URL scheme must be http or https"}
+
+
 def test_a_batch_without_valid_rows_is_refused_naming_the_rule(world, params):
     s, profile, model = world
     with pytest.raises(ValueError, match="no valid rows in the batch: .*AGE: missing column"):
