@@ -135,10 +135,11 @@ def in_process(params: dict, rows: pd.DataFrame, n: int) -> dict:
     from pipeline.audit import AuditTrail, audit_records
     tmp = Path(tempfile.mkdtemp())
     trail = AuditTrail(f"sqlite:///{tmp}/audit.sqlite", tmp / "spool")
-    answers = scorer.answers(rec)
-    audit = []
+    without, with_audit = [], []  # the service's work for one /score answer, without and with its audit records spooled
     for i in range(n):
-        t = time.perf_counter(); trail.write(audit_records("score", f"r{i}", rec, answers, 1.0)); audit.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter(); scorer.answers(rec); without.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter(); answers = scorer.answers(rec)
+        trail.write(audit_records("score", f"r{i}", rec, answers, 1.0)); with_audit.append((time.perf_counter() - t) * 1000)
     trail.close()
     one = rows.head(1)
     plain = []
@@ -147,7 +148,8 @@ def in_process(params: dict, rows: pd.DataFrame, n: int) -> dict:
     return {"fast_path": scorer.paths is not None, "contributions": params["serve"]["contributions"],
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "exact_p50_ms": float(np.percentile(lat_exact, 50)),
-            "predict_proba_p50_ms": float(np.percentile(plain, 50)), "audit_p50_ms": float(np.percentile(audit, 50))}
+            "predict_proba_p50_ms": float(np.percentile(plain, 50)), "no_audit_p50_ms": float(np.percentile(without, 50)), "with_audit_p50_ms": float(np.percentile(with_audit, 50)),
+            "audit_p50_ms": float(np.percentile(with_audit, 50) - np.percentile(without, 50))}
 
 
 def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
@@ -233,7 +235,8 @@ def report(r: dict, c: int) -> None:
     print(f"\nin process (fast path {ip['fast_path']}): one row with reason codes ({ip['contributions']}) p50 {ip['p50_ms']:.2f} ms, "
           f"p99 {ip['p99_ms']:.2f} ms; with exact SHAP p50 {ip['exact_p50_ms']:.2f} ms (ratio {ip['exact_p50_ms'] / ip['p50_ms']:.1f}); "
           f"predict_proba alone p50 {ip['predict_proba_p50_ms']:.2f} ms (ratio {ip['p50_ms'] / ip['predict_proba_p50_ms']:.2f}); "
-          f"audit records spooled p50 {ip['audit_p50_ms']:.3f} ms (ratio to the 0.3 ms budget {ip['audit_p50_ms'] / 0.3:.2f})")
+          f"\naudit: one /score answer p50 {ip['no_audit_p50_ms']:.3f} ms without its audit records, {ip['with_audit_p50_ms']:.3f} ms "
+          f"with them spooled: audit on costs {ip['audit_p50_ms']:.3f} ms at p50 (ratio to the 0.3 ms budget {ip['audit_p50_ms'] / 0.3:.2f})")
     for name in ("bentoml", "fastapi"):
         st = r.get(f"{name}_start", {})
         print(f"{name}: ready in {st.get('ready_s', float('nan')):.1f} s, largest process RSS {st.get('worker_rss_mb', float('nan')):.0f} MB")
