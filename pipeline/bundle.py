@@ -134,7 +134,7 @@ class Registry:
                               "`riskops-models` lists them") from None
 
     def audit_log(self) -> list[dict]:
-        "Every alias move, oldest first."
+        "Every audit entry (alias moves and approvals), oldest first."
         from mlflow.exceptions import MlflowException
         try: tags = self.client.get_registered_model(self.name).tags
         except MlflowException: return []
@@ -142,24 +142,31 @@ class Registry:
 
 # %% ../nbs/03c_bundle.ipynb #520eb15d
 @patch
-def move_alias(self: Registry, alias: str, version: str | None, action: str, why: str) -> dict:
-    "Point `alias` at `version` (None removes it) and append the move to both audit logs."
-    version = None if version is None else str(version)
+def append_audit(self: Registry, action: str, why: str, alias: str | None = None, old: str | None = None,
+                 new: str | None = None, **extra) -> dict:
+    """Append one entry {at, who, alias, from, to, action, why, **extra} to both audit logs (the registered
+    model's tag `audit.NNNNNN` and a line of `audit_path`); returns it. Moves nothing by itself."""
     entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": getpass.getuser(),
-             "alias": alias, "from": self.alias(alias), "to": version, "action": action, "why": why}
-    if version is None: self.client.delete_registered_model_alias(self.name, alias)
-    else: self.client.set_registered_model_alias(self.name, alias, version)
+             "alias": alias, "from": old, "to": new, "action": action, "why": why} | extra
     self.client.set_registered_model_tag(self.name, f"audit.{len(self.audit_log()) + 1:06d}", json.dumps(entry))
     self.audit_path.parent.mkdir(parents=True, exist_ok=True)
     with open(self.audit_path, "a") as f: f.write(json.dumps(entry) + "\n")
     return entry
 
 @patch
+def move_alias(self: Registry, alias: str, version: str | None, action: str, why: str, **extra) -> dict:
+    "Point `alias` at `version` (None removes it) and append the move (and `extra` fields) to both audit logs."
+    version, before = None if version is None else str(version), self.alias(alias)
+    if version is None: self.client.delete_registered_model_alias(self.name, alias)
+    else: self.client.set_registered_model_alias(self.name, alias, version)
+    return self.append_audit(action, why, alias, before, version, **extra)
+
+@patch
 def champion_history(self: Registry) -> list[str]:
     "Champions in order, as the audit log built them: a promotion pushes, a rollback pops."
     stack = []
     for e in self.audit_log():
-        if e["alias"] != CHAMPION: continue
+        if e.get("alias") != CHAMPION: continue  # approvals and other entries move no alias
         if e["action"] == "rollback": stack.pop()
         else: stack.append(str(e["to"]))
     return stack
@@ -174,7 +181,7 @@ def version_of(self: Registry, ref: str) -> str:
     if version is None:
         raise BundleError(f"{self.name} has no {ref!r} alias (versions: {', '.join(self.known()) or 'none'}); "
                           f"promote one with `riskops-promote VERSION --reason ...`")
-    moves = [e for e in self.audit_log() if e["alias"] == ref]
+    moves = [e for e in self.audit_log() if e.get("alias") == ref]
     if not moves or str(moves[-1]["to"]) != version:
         recorded = str(moves[-1]["to"]) if moves else "nothing"
         raise BundleError(f"the {ref!r} alias points at version {version} but the audit log last moved it to {recorded}: "

@@ -57,7 +57,7 @@ KNOWN_KEYS: dict[str, str] = {
     "evaluate.score_scale": "base_score base_odds pdo",
     "evaluate.robustness": "noise missing outliers shift",
     "register": ("min_auc min_gini_gain_over_baseline max_auc_drop_vs_champion max_ece min_disparate_impact_ratio "
-                 "max_equalized_odds_difference max_robustness_auc_drop bento_model unassessable"),
+                 "max_equalized_odds_difference max_robustness_auc_drop bento_model unassessable approvals_required"),
     "explain": "sample_rows top_features dependence_plots reason_codes descriptions",
     "batches": "source out months scenarios sudden_month labels seed shifts",
     "batches.shifts.*": "scale add set share",
@@ -238,6 +238,7 @@ class RegisterParams(_Section):
     max_equalized_odds_difference: float = Field(ge=0, le=1)
     max_robustness_auc_drop: float = Field(ge=0)
     bento_model: str
+    approvals_required: int = Field(1, ge=0, strict=True)  # approvals by different people before riskops-promote
 
 class ExplainParams(_Section):
     sample_rows: int = Field(ge=1)

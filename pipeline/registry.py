@@ -26,8 +26,10 @@ from .featurize import engineered_features
 # %% auto #0
 __all__ = ['UNASSESSABLE', 'RUNTIME_PACKAGES', 'SCHEMA_KEYS', 'unassessable', 'criterion', 'gini_gain_criterion',
            'fairness_reason', 'gate', 'gate_summary', 'versions_table', 'BundlePyfunc', 'pinned', 'log_bundle',
-           'compare_with_champion', 'register_candidate', 'promote', 'rollback', 'fairness_section', 'model_card',
-           'main', 'list_cli', 'promote_cli', 'rollback_cli', 'export_cli']
+           'compare_with_champion', 'approvals_required', 'approvals_of', 'approve', 'promote_on_gate',
+           'register_candidate', 'promotion_refusal', 'promote', 'rollback', 'fairness_section', 'approvals_section',
+           'promotion_entry', 'card_info', 'model_card', 'write_card', 'main', 'list_cli', 'approve_cli', 'promote_cli',
+           'rollback_cli', 'export_cli']
 
 # %% ../nbs/07_registry.ipynb #e71334c3
 UNASSESSABLE = ("refuse", "warn")
@@ -113,7 +115,7 @@ def gate_summary(results: list[dict]) -> str:
 
 # %% ../nbs/07_registry.ipynb #b0632e56
 def versions_table(reg: Registry) -> pd.DataFrame:
-    "Every version with its aliases, test metrics, gate verdict, bundle sha and DVC experiment, newest first."
+    "Every version with its aliases, test metrics, gate verdict, approvals, bundle sha and DVC experiment, newest first."
     from mlflow.exceptions import MlflowException
     try: aliases = reg.client.get_registered_model(reg.name).aliases  # search results carry no aliases
     except MlflowException: return pd.DataFrame()
@@ -121,7 +123,7 @@ def versions_table(reg: Registry) -> pd.DataFrame:
     for v in reg.client.search_model_versions(f"name = '{reg.name}'"):
         named = ",".join(a for a, version in aliases.items() if str(version) == str(v.version))
         rows.append({"version": str(v.version), "aliases": named, "auc": v.tags.get("test_auc"), "gate": v.tags.get("gate", ""),
-                     "bundle_sha": v.tags.get("bundle_sha", "")[:12], "experiment": v.tags.get("dvc_exp_name", ""),
+                     "approvals": len(approvals_of(v.tags)), "bundle_sha": v.tags.get("bundle_sha", "")[:12], "experiment": v.tags.get("dvc_exp_name", ""),
                      "created": pd.Timestamp(v.creation_timestamp, unit="ms").strftime("%Y-%m-%d %H:%M")})
     if not rows: return pd.DataFrame()
     return pd.DataFrame(rows).sort_values("version", key=lambda s: s.astype(int), ascending=False, ignore_index=True)
@@ -176,10 +178,55 @@ def compare_with_champion(reg: Registry, test: pd.DataFrame, params: dict, candi
     return {"champion_version": champion.version, "champion_sha": champion.sha, "champion_auc": auc,
             "candidate_auc": candidate_auc, "auc_difference": candidate_auc - auc}
 
+# %% ../nbs/07_registry.ipynb #a7e10002
+def approvals_required(params: dict) -> int:
+    "`register.approvals_required`: approvals by different people a version needs before `promote` (1 when absent)."
+    return int(params["register"].get("approvals_required", 1))
+
+def approvals_of(tags: dict) -> list[dict]:
+    "The approvals recorded in a model version's tags, oldest first: [{by, at, reason, who}]."
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("approval."))]
+
+# %% ../nbs/07_registry.ipynb #a7e10004
+def approve(reg: Registry, version: str, by: str, reason: str) -> dict:
+    """Record `by`'s approval of `version`: an audit entry (action `approve`, no alias moved), then the version's tag
+    `approval.NNN`; returns {by, at, reason, who}. BundleError for an unknown version, an empty name or reason, or a
+    second approval of the same version by the same person (names compared ignoring case and spacing)."""
+    mv = reg.model_version(version)
+    version, by, reason = str(mv.version), " ".join(str(by or "").split()), str(reason or "").strip()
+    if not by: raise BundleError("--by is empty: name the person who approves")
+    if not reason: raise BundleError(f"--reason is empty: say why version {version} may become champion (kept with the approval)")
+    done = approvals_of(mv.tags)
+    if (same := next((a for a in done if a["by"].casefold() == by.casefold()), None)) is not None:
+        raise BundleError(f"{same['by']} already approved version {version} (at {same['at']}): an approval counts once per person, "
+                          "another person must approve")
+    entry = reg.append_audit("approve", reason, version=version, by=by, approval=len(done) + 1)  # the record first
+    approval = {"by": by, "at": entry["at"], "reason": reason, "who": entry["who"]}
+    reg.client.set_model_version_tag(reg.name, version, f"approval.{len(done) + 1:03d}", json.dumps(approval))
+    return approval
+
+# %% ../nbs/07_registry.ipynb #a7e10006
+def promote_on_gate(reg: Registry, version: str, verdict: str, params: dict) -> str | None:
+    """The `register` stage's promotion of `version`, which passed the gate: at once when no approvals are required or
+    the store has no champion (the audit entry says it was exempt), returning None; otherwise the version stays
+    challenger and the returned sentence says how to approve and promote it."""
+    required = approvals_required(params)
+    if required and reg.alias(CHAMPION) is not None:
+        return (f"version {version} passed the gate and waits as challenger for {required} approval(s) "
+                f"(register.approvals_required): `riskops-approve {version} --by NAME --reason '...'`, "
+                f"then `riskops-promote {version} --reason '...'`")
+    exempt = {"exempt": f"the first champion of this store, nothing to replace: promoted on the gate alone "
+                        f"(register.approvals_required {required} applies to replacing a champion)"} if required else {}
+    reg.move_alias(CHAMPION, version, "promote", f"gate {verdict}", forced=False, bypassed=[], approvals=[],
+                   approvals_required=required, **exempt)
+    reg.move_alias(CHALLENGER, None, "promote", f"version {version} became champion")
+    return None
+
 # %% ../nbs/07_registry.ipynb #2822c3e8
 def register_candidate(reg: Registry, bundle_dir: str | Path, sha: str, run_id: str | None, metrics: dict, params: dict,
                        comparison: dict | None = None, fairness: dict | None = None, robustness: dict | None = None) -> dict:
-    "Register a bundle (once per sha) as challenger, gate it, and promote it if it passes (outside DVC experiments)."
+    """Register a bundle (once per sha) as challenger, gate it, and promote it if it passes and needs no approval
+    (`promote_on_gate`; outside DVC experiments). `awaiting` says how to promote a version that waits for approvals."""
     experiment, champion = os.environ.get("DVC_EXP_NAME", ""), reg.alias(CHAMPION)
     base = {"registered_model": reg.name, "bundle_sha": sha, "previous_champion": champion}
     if (existing := reg.by_sha(sha)) is not None:
@@ -197,32 +244,49 @@ def register_candidate(reg: Registry, bundle_dir: str | Path, sha: str, run_id: 
     tags |= {"gate": "passed" if passed else "refused", "gate_detail": json.dumps(results), "bundle_sha": sha,
              "dvc_exp_name": experiment} | lineage_tags(params)
     for k, v in tags.items(): reg.client.set_model_version_tag(reg.name, version, k, str(v))
+    awaiting = None
     if not experiment:
         reg.move_alias(CHALLENGER, version, "register", f"new candidate, bundle {sha[:12]}")
-        if passed:
-            reg.move_alias(CHAMPION, version, "promote", f"gate {verdict}")
-            reg.move_alias(CHALLENGER, None, "promote", f"version {version} became champion")
-    return base | {"version": version, "new": True, "promoted": passed and not experiment, "verdict": verdict,
+        if passed: awaiting = promote_on_gate(reg, version, verdict, params)
+    return base | {"version": version, "new": True, "promoted": passed and not experiment and awaiting is None,
+                   "verdict": verdict, "awaiting": awaiting,
                    "champion": reg.alias(CHAMPION), "experiment": experiment, "criteria": results,
                    "champion_auc_same_split": (comparison or {}).get("champion_auc")} | (
                    {"comparison_error": comparison["error"]} if (comparison or {}).get("error") else {})
 
+# %% ../nbs/07_registry.ipynb #a7e10007
+def promotion_refusal(version: str, gate_verdict: str, approved: int, required: int) -> str:
+    "Why `promote` refuses `version`, in one line, with the commands that would promote it."
+    why, fix = [], []
+    if gate_verdict != "passed": why.append(f"did not pass the gate ({gate_verdict})")
+    if approved < required:
+        why.append(f"has {approved} of the {required} approvals register.approvals_required asks for")
+        fix.append(f"record one with `riskops-approve {version} --by NAME --reason '...'` (each by a different person)")
+    fix.append("promote it anyway with --force --reason '...' (audited as a forced promotion)")
+    return f"version {version} {' and '.join(why)}; {', or '.join(fix)}"
+
 # %% ../nbs/07_registry.ipynb #922f404d
-def promote(reg: Registry, version: str, why: str, force: bool = False) -> dict:
-    "Make `version` champion; refused when it is already, has no bundle, or did not pass the gate (unless forced)."
+def promote(reg: Registry, version: str, why: str, force: bool = False, required: int = 1) -> dict:
+    """Make `version` champion; it must have passed the gate and have `required` approvals (`approve`) by different
+    people. `force` bypasses either check: the audit entry (action `forced-promote`) then says `forced: true` and lists
+    what it bypassed (`--force` with nothing to bypass is an ordinary promotion). Always refused (BundleError): an
+    unknown version, the current champion, a version without a bundle. Returns the audit entry."""
     mv = reg.model_version(version)
     version = str(mv.version)
     if reg.alias(CHAMPION) == version: raise BundleError(f"version {version} is already the champion: nothing to promote")
     if not mv.tags.get("bundle_sha"): raise BundleError(f"version {version} has no model bundle (registered by older code); it cannot be served")
-    if mv.tags.get("gate") != "passed" and not force:
-        raise BundleError(f"version {version} did not pass the gate ({mv.tags.get('gate', 'no verdict')}); "
-                          "promote it anyway with --force --reason '...' (audited as a forced promotion)")
-    entry = reg.move_alias(CHAMPION, version, "forced-promote" if force else "promote", why)
+    recorded, verdict = approvals_of(mv.tags), mv.tags.get("gate", "no verdict")
+    bypassed = ([f"gate ({verdict})"] if verdict != "passed" else []) + (
+        [f"approvals ({len(recorded)} of {required} recorded)"] if len(recorded) < required else [])
+    if bypassed and not force: raise BundleError(promotion_refusal(version, verdict, len(recorded), required))
+    entry = reg.move_alias(CHAMPION, version, "forced-promote" if bypassed else "promote", why, forced=bool(bypassed),
+                           bypassed=bypassed, approvals=[a["by"] for a in recorded], approvals_required=required)
     if reg.alias(CHALLENGER) == version: reg.move_alias(CHALLENGER, None, "promote", f"version {version} became champion")
     return entry
 
 def rollback(reg: Registry, why: str) -> dict:
-    "Point champion back at the previous champion (refused when there is none or it was deleted)."
+    """Point champion back at the previous champion (refused when there is none or it was deleted). No gate and no
+    approvals: rollback is the emergency path, back to a version that was champion before."""
     history = reg.champion_history()
     if len(history) < 2: raise BundleError(f"no previous champion to roll back to (champion history: {history or 'empty'})")
     if history[-2] not in reg.known():
@@ -244,9 +308,37 @@ def fairness_section(fairness: dict | None) -> str:
                    f"| group | rows | approval | TPR | FPR | AUC |\n|---|---|---|---|---|---|\n{rows}")
     return "\n\n".join(out)
 
+# %% ../nbs/07_registry.ipynb #a7e1000c
+def approvals_section(approvals: list[dict], promotion: dict | None = None, required: int | None = None) -> str:
+    "Markdown: how the version became champion (forced and what was bypassed; exempt) and each recorded approval."
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")
+    out = []
+    if promotion:
+        out.append(f"Made champion at {promotion['at']} by `{promotion['who']}` ({promotion['action']}): {promotion['why']}")
+        if promotion.get("forced"): out.append(f"**Forced promotion**: it bypassed {'; '.join(promotion.get('bypassed') or [])}.")
+        if promotion.get("exempt"): out.append(f"Promoted without approvals: {promotion['exempt']}.")
+    need = "" if required is None else f" (`register.approvals_required`: {required})"
+    if not approvals: out.append(f"No approvals recorded{need}.")
+    else:
+        rows = "\n".join(f"| {i} | {cell(a['by'])} | {a['at']} | {cell(a['reason'])} |" for i, a in enumerate(approvals, 1))
+        out.append(f"{len(approvals)} approval(s) recorded{need}:\n\n| # | approved by | at (UTC) | reason |\n|---|---|---|---|\n{rows}")
+    return "\n\n".join(out)
+
+def promotion_entry(reg: Registry, version: str) -> dict | None:
+    "The newest audit entry that made `version` champion (promote, forced-promote or rollback), or None."
+    moves = [e for e in reg.audit_log() if e.get("alias") == CHAMPION and str(e.get("to")) == str(version)]
+    return moves[-1] if moves else None
+
+def card_info(reg: Registry, version: str, params: dict) -> dict:
+    "The registry's part of a card: `approvals`, the `promotion` entry and `approvals_required`."
+    return {"approvals": approvals_of(reg.model_version(version).tags), "promotion": promotion_entry(reg, version),
+            "approvals_required": approvals_required(params)}
+
+# %% ../nbs/07_registry.ipynb #a7e1000e
 def model_card(params: dict, registry_info: dict, metrics: dict, validation: dict, tags: dict,
                fairness: dict | None = None) -> str:
-    "Markdown model card of a promoted version: use, data (described by `data.description`, `data.unit`, `data.period`), features, metrics, lineage."
+    """Markdown model card of a promoted version: use, data (described by `data.description`, `data.unit`, `data.period`),
+    features, metrics, the gate, approvals and promotion (`card_info` keys of `registry_info`), lineage."""
     d, f = params["data"], params["featurize"]
     numeric, categorical = feature_columns(params)
     engineered = engineered_features(params)
@@ -302,6 +394,9 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 |---|---|---|---|
 {criteria}
 
+## Approvals
+{approvals_section(registry_info.get('approvals') or [], registry_info.get('promotion'), registry_info.get('approvals_required'))}
+
 ## Limitations
 - Trained on one data set ({d.get('name') or d['path']}) of one period ({d.get('period') or 'not stated: data.period'});
   economic conditions, products and populations change, so monitor drift (`drift` stage) and revalidate.
@@ -313,6 +408,27 @@ error {m['ece_uncalibrated']:.4f} before, {m['ece']:.4f} after (reliability curv
 - Git commit `{tags.get('git_commit', '?')}`; params hash `{tags.get('params_hash', '?')}`; DVC experiment `{tags.get('dvc_exp_name') or '-'}`
 - Previous champion: {registry_info.get('previous_champion') or 'none'}
 """
+
+# %% ../nbs/07_registry.ipynb #a7e10010
+def write_card(reg: Registry, version: str, params: dict, path: str | Path = "models/MODEL_CARD.md") -> str:
+    """Write the model card of `version` from this working tree's evaluation files and the registry (gate, approvals,
+    promotion), when `models/bundle` is that version's bundle; returns what it did in one line (never raises for a
+    missing or other bundle or file: the card is a by-product)."""
+    mv = reg.model_version(version)
+    try:
+        if verify_bundle("models/bundle") != mv.tags.get("bundle_sha"):
+            return (f"{path} not rewritten: version {mv.version} is not this working tree's models/bundle "
+                    f"(`python -m pipeline.report model --version {mv.version}` describes it)")
+        metrics, test = read_json("metrics/evaluate.json"), read_table("data/split/test.parquet")
+        validation, fairness = read_json("reports/validation.json"), read_json("metrics/fairness.json")
+    except (BundleError, OSError) as e: return f"{path} not rewritten: {e}"
+    metrics["default_rate_test"] = float(target_vector(test, params).mean())
+    info = card_info(reg, mv.version, params)
+    info |= {"registered_model": reg.name, "version": str(mv.version), "bundle_sha": mv.tags["bundle_sha"], "run_id": mv.run_id,
+             "criteria": json.loads(mv.tags.get("gate_detail") or "[]"), "previous_champion": (info["promotion"] or {}).get("from")}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(model_card(params, info, metrics, validation, mv.tags, fairness))
+    return f"wrote {path} (version {mv.version})"
 
 # %% ../nbs/07_registry.ipynb #e9877bf6
 def main(argv=None) -> int:
@@ -333,11 +449,10 @@ def main(argv=None) -> int:
     write_json(result | {"run_id": run, "comparison": comparison}, "models/registry.json")  # git-ignored: this store's numbers
     write_json({"registered_model": reg.name, "bundle_sha": sha}, "models/registered.json")  # the DVC output: the same everywhere
     if result.get("promoted"):
-        card = model_card(params, result | {"run_id": run}, metrics, read_json("reports/validation.json"),
-                          reg.model_version(result["version"]).tags, read_json("metrics/fairness.json"))
-        Path("models/MODEL_CARD.md").write_text(card)
-        log.info("version %s promoted to champion (was %s)", result["version"], result["previous_champion"])
-    else: log.warning("version %s: %s; champion is version %s", result["version"], result["verdict"], result["champion"])
+        log.info("version %s promoted to champion (was %s); %s", result["version"], result["previous_champion"],
+                 write_card(reg, result["version"], params))
+    else: log.warning("version %s: %s; champion is version %s", result["version"], result.get("awaiting") or result["verdict"],
+                      result["champion"])
     return 0
 
 # %% ../nbs/07_registry.ipynb #29260919
@@ -354,7 +469,13 @@ def _one_line(command: str, action) -> int:
         return 2
     return 0
 
-def _moved(entry: dict) -> str: return f"{entry['alias']}: version {entry['from']} -> {entry['to']}"
+def _moved(entry: dict) -> str:
+    forced = f" (forced: bypassed {'; '.join(entry['bypassed'])})" if entry.get("forced") else ""
+    return f"{entry['alias']}: version {entry['from']} -> {entry['to']}{forced}"
+
+def _card(reg: Registry, params: dict) -> None:
+    "After the champion changed or was approved: its card, when this working tree evaluated it (one line on stderr)."
+    if (champion := reg.alias(CHAMPION)) is not None: print(write_card(reg, champion, params), file=sys.stderr)
 
 def _command(fn):
     "A console script run by `run_cli`: a params mistake or a known failure is one line and exit code 2."
@@ -370,24 +491,53 @@ def list_cli(argv=None) -> int:
     return 0
 
 @_command
+def approve_cli(argv=None) -> int:
+    "riskops-approve: record a person's approval of a version (riskops-promote needs register.approvals_required of them)."
+    p = cli_parser("Record an approval of a registered version; riskops-promote needs register.approvals_required "
+                   "approvals by different people. One approval per person and version.")
+    p.add_argument("version", help="version number to approve (usually the challenger)")
+    p.add_argument("--by", required=True, help="who approves (a name, kept with the approval)")
+    p.add_argument("--reason", required=True, help="why the version may become champion (kept in the audit log)")
+    args = p.parse_args(argv)
+    reg, params = _registry(args)
+    def run():
+        approve(reg, args.version, args.by, args.reason)
+        version, required = str(reg.model_version(args.version).version), approvals_required(params)
+        n, champion = len(approvals_of(reg.model_version(version).tags)), reg.alias(CHAMPION) == version
+        if champion: _card(reg, params)
+        ready = "" if champion or n < required else f"; promote it with `riskops-promote {version} --reason '...'`"
+        return f"version {version}: approved by {' '.join(args.by.split())}, {n} of {required} approvals recorded{ready}"
+    return _one_line("riskops-approve", run)
+
+@_command
 def promote_cli(argv=None) -> int:
-    "riskops-promote: make a version champion (only if it passed the gate, unless --force)."
-    p = cli_parser("Make a registered version the champion; it must have passed the gate unless --force.")
+    "riskops-promote: make a version champion (it must have passed the gate and have the approvals, unless --force)."
+    p = cli_parser("Make a registered version the champion; it must have passed the gate and have "
+                   "register.approvals_required approvals (riskops-approve), unless --force.")
     p.add_argument("version", help="version number to promote")
     p.add_argument("--reason", required=True, help="why (kept in the audit log)")
-    p.add_argument("--force", action="store_true", help="promote even though the version did not pass the gate")
+    p.add_argument("--force", action="store_true", help="promote even though the version did not pass the gate or lacks "
+                                                        "approvals (audited as forced, with what it bypassed)")
     args = p.parse_args(argv)
-    reg, _ = _registry(args)
-    return _one_line("riskops-promote", lambda: _moved(promote(reg, args.version, args.reason, args.force)))
+    reg, params = _registry(args)
+    def run():
+        moved = _moved(promote(reg, args.version, args.reason, args.force, approvals_required(params)))
+        _card(reg, params)
+        return moved
+    return _one_line("riskops-promote", run)
 
 @_command
 def rollback_cli(argv=None) -> int:
-    "riskops-rollback: point champion back at the previous champion."
-    p = cli_parser("Roll the champion alias back to the previous champion (from the audit log).")
+    "riskops-rollback: point champion back at the previous champion (the emergency path: no gate, no approvals)."
+    p = cli_parser("Roll the champion alias back to the previous champion (from the audit log); needs no approvals.")
     p.add_argument("--reason", required=True, help="why (kept in the audit log)")
     args = p.parse_args(argv)
-    reg, _ = _registry(args)
-    return _one_line("riskops-rollback", lambda: _moved(rollback(reg, args.reason)))
+    reg, params = _registry(args)
+    def run():
+        moved = _moved(rollback(reg, args.reason))
+        _card(reg, params)
+        return moved
+    return _one_line("riskops-rollback", run)
 
 @_command
 def export_cli(argv=None) -> int:

@@ -148,6 +148,17 @@ def test_more_mistakes_are_caught(params):
     assert params_problems(set_in(set_in(p, "data.target_values", [0, 1]), "data.positive", "1")) == []  # codes
 
 
+def test_approvals_required_is_a_count(params):
+    "register.approvals_required: a whole number of approvals, at least 0; absent means the default, 1."
+    for bad in (-1, "two", True, 1.5):
+        problems = params_problems(set_in(params, "register.approvals_required", bad))
+        assert [pr for pr in problems if pr.startswith("register.approvals_required: ")], (bad, problems)
+    assert params_problems(set_in(params, "register.approvals_required", 0)) == []
+    unset = copy.deepcopy(params)
+    del unset["register"]["approvals_required"]
+    assert params_problems(unset) == []
+
+
 def test_known_keys_are_listed_in_one_place_and_cover_every_model_field():
     "A new key is one word in KNOWN_KEYS: every typed field must be listed there too."
     def fields(model, path):

@@ -1,5 +1,6 @@
 """Champion/challenger against a real (temporary) MLflow store: the gate refuses a worse model with the
-reason, promotes a good one, rollback restores the previous champion, every move is in the audit log."""
+reason, promotes a good one, rollback restores the previous champion, every move is in the audit log;
+replacing the champion needs recorded approvals by different people, and a forced promotion is audited as such."""
 import json
 import os
 import subprocess
@@ -13,8 +14,9 @@ from pipeline.core import setup_mlflow, target_vector
 from pipeline.evaluate import evaluate_models
 from pipeline.featurize import Featurizer, split_frame
 from pipeline.model import CalibratedMargin, ScoringModel
-from pipeline.registry import (CHALLENGER, CHAMPION, Registry, compare_with_champion, gate, gate_summary, promote,
-                               register_candidate, rollback)
+from pipeline.registry import (CHALLENGER, CHAMPION, Registry, approve, approve_cli, approvals_of, card_info,
+                               compare_with_champion, gate, gate_summary, model_card, promote, promote_cli,
+                               promote_on_gate, register_candidate, rollback, write_card)
 from pipeline.train import cross_fit, train_models
 from pipeline.params import ParamsError
 from pipeline.validate import validate_frame
@@ -78,7 +80,14 @@ def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
 
     p8 = {**p, "train": {**p["train"], "n_trials": 8}}
     better = register(setting, reg, train_models(splits, featurizer, p8, progress=False)["models"])
-    assert better["promoted"] and reg.alias(CHAMPION) == better["version"] and better["previous_champion"] == first["version"]
+    assert p["register"]["approvals_required"] == 1  # params.yaml: passing the gate is not enough to replace a champion
+    assert better["verdict"].startswith("passed") and not better["promoted"] and reg.alias(CHALLENGER) == better["version"]
+    assert f"riskops-approve {better['version']} --by NAME" in better["awaiting"]
+    with pytest.raises(BundleError, match="has 0 of the 1 approvals"):
+        promote(reg, better["version"], "not approved yet")
+    approve(reg, better["version"], "model risk", "validated on the same test split")
+    promote(reg, better["version"], "approved by model risk")
+    assert reg.alias(CHAMPION) == better["version"] and better["previous_champion"] == first["version"]
 
     back = rollback(reg, "incident drill")
     assert back["from"] == better["version"] and back["to"] == first["version"] == reg.alias(CHAMPION)
@@ -263,3 +272,149 @@ def test_data_contradicting_params_exits_2_naming_the_key(tmp_path, params):
     assert out.returncode == 2 and out.stderr.strip() == (
         "data.positive: 'bad' never occurs in column 'status' of loans.csv (values seen: 'good')"), out.stderr
     assert not (tmp_path / "data/validated").exists()
+
+
+# --- Approvals: a store with versions carrying the tags the gate sets, no models trained (seconds, not minutes) ---
+
+@pytest.fixture(scope="module")
+def approvals_store(tmp_path_factory):
+    "A fresh MLflow store, the working directory; each test registers its own model name in it."
+    tmp = tmp_path_factory.mktemp("approvals")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    mp.chdir(tmp)
+    yield tmp
+    mp.undo()
+
+
+def versions(name: str, gates: list[str], params: dict) -> Registry:
+    """Registered model `name`, one version per gate verdict (tags bundle_sha, gate, gate_detail), each made challenger
+    as `register_candidate` does; version 1, registered into an empty store, becomes the first champion."""
+    reg = Registry(name)
+    reg.client.create_registered_model(name)
+    for i, verdict in enumerate(gates, 1):
+        v = reg.client.create_model_version(name, source=f"file:///nowhere/{name}/{i}")
+        for k, value in {"bundle_sha": f"{i:064x}", "gate": verdict, "gate_detail": "[]"}.items():
+            reg.client.set_model_version_tag(name, v.version, k, value)
+        reg.move_alias(CHALLENGER, str(v.version), "register", "new candidate")
+        if i == 1: assert promote_on_gate(reg, "1", "passed every criterion", params) is None  # no champion yet: exempt
+    return reg
+
+
+def test_the_first_champion_is_exempt_and_an_approval_counts_once_per_person(approvals_store, params):
+    reg = versions("approve-once", ["passed", "passed"], params)
+    first = next(e for e in reg.audit_log() if e["alias"] == CHAMPION)
+    assert first["to"] == "1" and "first champion of this store" in first["exempt"] and first["approvals_required"] == 1
+    assert approve(reg, "2", "Ann  Lee", "validated")["by"] == "Ann Lee"
+    with pytest.raises(BundleError, match="Ann Lee already approved version 2"):
+        approve(reg, "2", " ann lee ", "once more")  # the same person, however spelt
+    with pytest.raises(BundleError, match="--reason is empty"):
+        approve(reg, "2", "Bo", "  ")
+    with pytest.raises(BundleError, match="has no version 9"):
+        approve(reg, "9", "Bo", "x")
+    assert [a["by"] for a in approvals_of(reg.model_version("2").tags)] == ["Ann Lee"]
+    assert reg.champion_history() == ["1"] and reg.version_of(CHAMPION) == "1"  # approvals move no alias
+    assert reg.version_of(CHALLENGER) == "2"
+    waiting = promote_on_gate(reg, "2", "passed every criterion", params)  # the register stage, with a champion
+    assert "waits as challenger for 1 approval(s)" in waiting and reg.alias(CHAMPION) == "1"
+    sandbox = deep_merge(params, {"register": {"approvals_required": 0}})
+    assert promote_on_gate(reg, "2", "passed every criterion", sandbox) is None and reg.alias(CHAMPION) == "2"
+    assert "exempt" not in reg.audit_log()[-2] and reg.audit_log()[-2]["approvals_required"] == 0
+
+
+def test_promotion_needs_the_recorded_approvals_and_rollback_none(approvals_store, params):
+    reg = versions("approve-two", ["passed", "passed"], params)
+    approve(reg, "2", "Ann", "validated")
+    with pytest.raises(BundleError, match=r"version 2 has 1 of the 2 approvals .* `riskops-approve 2 --by NAME"):
+        promote(reg, "2", "one is not enough", required=2)
+    assert reg.alias(CHAMPION) == "1"
+    approve(reg, "2", "Bo", "reviewed the fairness figures")
+    entry = promote(reg, "2", "validated and reviewed", required=2)
+    assert (entry["action"], entry["forced"], entry["approvals"]) == ("promote", False, ["Ann", "Bo"])
+    assert reg.alias(CHAMPION) == "2" == reg.version_of(CHAMPION) and reg.champion_history() == ["1", "2"]
+    assert rollback(reg, "incident")["to"] == "1" == reg.alias(CHAMPION)  # version 1 has no approvals: not needed
+
+
+def test_a_forced_promotion_is_audited_as_forced_with_what_it_bypassed(approvals_store, params):
+    reg = versions("approve-forced", ["passed", "refused"], params)
+    with pytest.raises(BundleError, match=r"did not pass the gate \(refused\) and has 0 of the 1 approvals"):
+        promote(reg, "2", "try")
+    entry = promote(reg, "2", "regulator deadline", force=True)
+    assert (entry["action"], entry["forced"]) == ("forced-promote", True)
+    assert entry["bypassed"] == ["gate (refused)", "approvals (0 of 1 recorded)"]
+    lines = [json.loads(l) for l in (approvals_store / "models/registry_audit.jsonl").read_text().splitlines()]
+    assert lines[-2] == reg.audit_log()[-2] == entry and reg.audit_log()[-1]["alias"] == CHALLENGER  # 2 left challenger
+    assert reg.alias(CHAMPION) == "2"
+
+
+def card_metrics() -> dict:
+    "Every figure a model card shows (0.5, baseline 0.4)."
+    m = {k: 0.5 for k in ("auc", "gini", "ks", "pr_auc", "brier", "log_loss", "threshold", "approval_rate",
+                          "default_rate_approved", "precision", "recall", "brier_uncalibrated", "ece", "ece_uncalibrated",
+                          "default_rate_test")}
+    return m | {f"baseline_{k}": 0.4 for k in ("auc", "gini", "ks", "pr_auc", "brier", "log_loss")} | {"model": "xgboost"}
+
+
+def test_approvals_are_in_the_audit_log_in_order_and_on_the_model_card(approvals_store, params):
+    from pipeline.bundle import write_bundle
+    reg = versions("approve-card", ["passed", "passed", "refused"], params)
+    approve(reg, "2", "Ann", "validated | signed")
+    approve(reg, "2", "Bo", "fairness reviewed")
+    promote(reg, "2", "two approvals")
+    log = [(e["action"], e["alias"], e.get("version") or e["to"], e.get("by")) for e in reg.audit_log()]
+    assert log[-5:] == [("register", CHALLENGER, "2", None), ("register", CHALLENGER, "3", None), ("approve", None, "2", "Ann"),
+                        ("approve", None, "2", "Bo"), ("promote", CHAMPION, "2", None)]
+    info = {"registered_model": reg.name, "version": "2", "criteria": []}
+    card = model_card(params, info | card_info(reg, "2", params), card_metrics(), {"rows_in": 1, "rows_passed": 1,
+                                                                                 "rows_quarantined": 0}, {})
+    approvals = card.split("## Approvals\n", 1)[1].split("\n## ", 1)[0]
+    assert "(promote): two approvals" in approvals and "`register.approvals_required`: 1" in approvals
+    assert "| 1 | Ann |" in approvals and "validated \\| signed" in approvals and "| 2 | Bo |" in approvals
+    assert "Forced" not in approvals and "without approvals" not in approvals
+    promote(reg, "3", "deadline", force=True)
+    forced = model_card(params, info | {"version": "3"} | card_info(reg, "3", params), card_metrics(),
+                        {"rows_in": 1, "rows_passed": 1, "rows_quarantined": 0}, {})
+    assert "**Forced promotion**: it bypassed gate (refused); approvals (0 of 1 recorded)." in forced
+    assert "No approvals recorded (`register.approvals_required`: 1)." in forced
+    first = model_card(params, info | {"version": "1"} | card_info(reg, "1", params), card_metrics(),
+                       {"rows_in": 1, "rows_passed": 1, "rows_quarantined": 0}, {})
+    assert "Promoted without approvals: the first champion of this store" in first
+    # the card file: only for the version whose bundle is this working tree's models/bundle
+    assert write_card(reg, "3", params).startswith("models/MODEL_CARD.md not rewritten")
+    sha = write_bundle(approvals_store / "models/bundle", {"toy": 1}, {}, {})
+    reg.client.set_model_version_tag(reg.name, "3", "bundle_sha", sha)
+    for name, obj in {"metrics/evaluate.json": card_metrics(), "reports/validation.json": {"rows_in": 2, "rows_passed": 2,
+                      "rows_quarantined": 0}, "metrics/fairness.json": {"columns": {}}}.items():
+        (approvals_store / name).parent.mkdir(parents=True, exist_ok=True)
+        (approvals_store / name).write_text(json.dumps(obj))
+    (approvals_store / "data/split").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({params["data"]["target"]: params["data"]["target_values"]}).to_parquet(approvals_store / "data/split/test.parquet")
+    assert write_card(reg, "3", params) == "wrote models/MODEL_CARD.md (version 3)"
+    text = (approvals_store / "models/MODEL_CARD.md").read_text()
+    assert text.startswith(f"# Model card: {reg.name} version 3\n") and "**Forced promotion**" in text and sha in text
+
+
+def test_approve_and_promote_commands_refuse_in_one_line(approvals_store, params, capsys, root):
+    assert "riskops-approve=pipeline.registry:approve_cli" in (root / "settings.ini").read_text()
+    p = deep_merge(params, {"mlflow": {"registered_model": "approve-cli"}})
+    (approvals_store / "params.yaml").write_text(yaml.safe_dump(p))
+    versions("approve-cli", ["passed", "passed"], p)
+    with pytest.raises(SystemExit) as help_:
+        approve_cli(["--help"])
+    assert help_.value.code == 0 and "--by" in capsys.readouterr().out
+
+    def refused(cli, args, says):
+        assert cli(args) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+    refused(promote_cli, ["2", "--reason", "x"], "riskops-promote: version 2 has 0 of the 1 approvals")
+    assert approve_cli(["2", "--by", "Ann", "--reason", "validated"]) == 0
+    assert "version 2: approved by Ann, 1 of 1 approvals recorded; promote it with `riskops-promote 2" in capsys.readouterr().out
+    refused(approve_cli, ["2", "--by", "ANN", "--reason", "again"], "riskops-approve: Ann already approved version 2")
+    refused(approve_cli, ["2", "--by", "Bo", "--reason", ""], "riskops-approve: --reason is empty")
+    refused(approve_cli, ["9", "--by", "Bo", "--reason", "x"], "riskops-approve: approve-cli has no version 9")
+    assert promote_cli(["2", "--reason", "validated by Ann"]) == 0
+    out = capsys.readouterr()
+    assert "champion: version 1 -> 2" in out.out and "models/MODEL_CARD.md not rewritten" in out.err
+
