@@ -318,9 +318,9 @@ async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | N
     s, log = params["stream"], get_logger("stream")
     stop = stop or _stop_on_signals()
     reader = AIOKafkaConsumer(bootstrap_servers=brokers, enable_auto_commit=False, client_id="riskops-stream-scan")
-    await reader.start()
     claims = None
     try:
+        await reader.start()
         ends = await topic_ends(reader, [s["input_topic"], s["output_topic"], s["dead_letter_topic"]])  # all three exist
         scorer = Scorer(bundle, params, check_sample(params))
         claims = Claims(audit_url(params), process_id())
