@@ -155,8 +155,10 @@ def shadow_trail(params: dict) -> AuditTrail:
 # %% ../nbs/18_live.ipynb #c8440cbd
 class Shadow:
     "Scores the model that did not decide, off the response path, and audits its answers in the shadow trail with their role."
-    def __init__(self, trail: AuditTrail, personal: dict | None = None, max_jobs: int = 1000, on_result=None):
+    def __init__(self, trail: AuditTrail, personal: dict | None = None, max_jobs: int = 1000, on_result=None,
+                 window_s: float = 0.05):
         self.trail, self.personal, self.on_result = trail, personal or {}, on_result or (lambda result, n: None)
+        self.window_s = window_s
         self.queue = queue.Queue(max_jobs)
         self.scored = self.dropped = self.failed = 0
         self._thread = threading.Thread(target=self._run, name="shadow", daemon=True)
@@ -174,6 +176,7 @@ class Shadow:
 def _shadow_run(self: Shadow) -> None:
     while True:
         jobs = [self.queue.get()]
+        if jobs[0] is not None and self.window_s: time.sleep(self.window_s)  # let a batch gather
         while len(jobs) < 256:  # whatever else waits: one scoring call per model for all of it
             try: jobs.append(self.queue.get_nowait())
             except queue.Empty: break
