@@ -32,7 +32,7 @@ from starlette.responses import Response
 from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
 from pipeline.export import StoreWatch, bento_snapshot
-from pipeline.live import Follower, Served, Shadow, decide, served_snapshot, shadow_trail
+from pipeline.live import Follower, Served, Shadow, decide, shadow_trail, store_loader
 from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows, request_models
 from pipeline.scorer import Scorer, check_sample
 from pipeline.audit import audit_records, audit_trail, personal_policy
@@ -189,8 +189,7 @@ class RiskService:
         for result in ("swapped", "refused"): SWAPS.labels(result=result)  # shown at 0 before the first swap
         check_rows = check_sample(PARAMS)
         fallback = Served(Scorer(None, PARAMS), why=f"no BentoML model {MODEL_NAME!r}; export the champion with `riskops-export`")
-        self.follower = Follower(fallback, StoreWatch(MODEL_NAME),
-                                 lambda tag: served_snapshot(bento_snapshot(MODEL_NAME, PARAMS, tag), PARAMS, check_rows),
+        self.follower = Follower(fallback, StoreWatch(MODEL_NAME), store_loader(MODEL_NAME, PARAMS, check_rows),
                                  SERVE.get("follow_poll_s", 5.0), on_result=self._followed)
         self.follower.check()  # the newest snapshot, checked, before the first request; then every follow_poll_s
         served = self.follower.served

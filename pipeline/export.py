@@ -16,8 +16,8 @@ from .bundle import CHALLENGER, CHAMPION, MANIFEST, BUNDLE_FILES, Bundle, Bundle
 from .core import tracking_uri
 
 # %% auto #0
-__all__ = ['registry_id', 'export_bento', 'Snapshot', 'bento_snapshot', 'bento_bundle', 'StoreWatch', 'store_follows',
-           'sync_store']
+__all__ = ['registry_id', 'export_bento', 'Snapshot', 'bento_ref', 'bento_snapshot', 'bento_bundle', 'StoreWatch',
+           'store_follows', 'sync_store']
 
 # %% ../nbs/14_export.ipynb #06aaa250
 def registry_id(registered_model: str) -> str:
@@ -51,8 +51,8 @@ class Snapshot:
     challenger: Bundle | None
     meta: dict
 
-def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challenger: bool = True) -> Snapshot:
-    "The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, changed or unloadable."
+def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
+    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError when missing."
     import bentoml
     try: ref = bentoml.models.get(f"{name}:{tag.split(':')[-1]}" if tag else name)
     except Exception as e:
@@ -60,12 +60,17 @@ def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challen
     meta = dict(ref.info.metadata)
     if not meta.get("bundle_sha"):
         raise BundleError(f"BentoML model {ref.tag} has no bundle sha (exported by older code); run `riskops-export` again")
-    champion = resolve(ref.path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
+    return str(ref.tag), Path(ref.path), meta
+
+def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challenger: bool = True) -> Snapshot:
+    "The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, changed or unloadable."
+    tag, path, meta = bento_ref(name, tag)
+    champion = resolve(path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
     challenger = None
     if with_challenger and meta.get("challenger_version"):
-        challenger = resolve(Path(ref.path) / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
+        challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
                              name=meta.get("registered_model"), version=meta["challenger_version"])
-    return Snapshot(str(ref.tag), champion, challenger, meta)
+    return Snapshot(tag, champion, challenger, meta)
 
 def bento_bundle(name: str, params: dict) -> Bundle:
     "The latest BentoML model `name`'s champion as a verified bundle (BundleError when missing, changed or unloadable)."

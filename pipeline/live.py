@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .audit import AuditTrail, audit_records, audit_url, to_json
-from .bundle import BundleError
+from .bundle import CHALLENGER, BundleError, verify_bundle
+from .export import bento_ref, bento_snapshot
 from .core import get_logger
 from .scorer import Scorer, check_sample
 
 # %% auto #0
 __all__ = ['log', 'SHADOW_TABLE', 'SHADOW_COLUMNS', 'canary_key', 'canary_mask', 'Served', 'warm_up', 'served_snapshot',
-           'Follower', 'decide', 'shadow_trail', 'Shadow']
+           'Follower', 'store_loader', 'decide', 'shadow_trail', 'Shadow']
 
 # %% ../nbs/18_live.ipynb #59ef6493
 def canary_key(record: dict, id_column: str | None = None) -> str:
@@ -128,6 +129,26 @@ def _follower_stop(self: Follower, timeout: float = 5.0) -> None:
     if self._thread is not None: self._thread.join(timeout)
 
 Follower.start, Follower._run, Follower.stop = _follower_start, _follower_run, _follower_stop
+
+# %% ../nbs/18_live.ipynb #e2f3a4b5
+def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
+    "`load(tag)` for a `Follower`: the BentoML snapshot `tag` verified and served; recently served models' scorers reused."
+    rows = check_sample(params) if check_rows is None else check_rows
+    recent: dict[tuple, Served] = {}
+
+    def load(tag: str) -> Served:
+        tag, path, meta = bento_ref(name, tag)
+        key = tuple(str(meta.get(k) or "") for k in ("registered_model", "version", "bundle_sha", "challenger_version", "challenger_sha"))
+        if key in recent:  # the same models: check the files, keep the scorers
+            verify_bundle(path, meta["bundle_sha"])
+            if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
+            old = recent.pop(key)
+            served = Served(old.champion, old.challenger, tag)
+        else: served = served_snapshot(bento_snapshot(name, params, tag), params, rows)
+        recent[key] = served
+        while len(recent) > keep: recent.pop(next(iter(recent)))
+        return served
+    return load
 
 # %% ../nbs/18_live.ipynb #b7431f03
 def decide(served: Served, records: list[dict], share: float, id_column: str | None = None,
