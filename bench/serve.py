@@ -10,7 +10,10 @@ Measures, on this machine:
   p50/p99 over keep-alive connections, then throughput, p99 and errors with 16 concurrent clients for 10 s;
 - the batch job (pipeline.score.run_job, params.yaml settings) in rows/s on 1,000,000 rows next to raw XGBoost
   `inplace_predict` (every core) on the same rows: reason codes for declined rows (the default), for none,
-  for all, and by exact SHAP for declined rows (timed on a tenth of the rows).
+  for all, and by exact SHAP for declined rows (timed on a tenth of the rows);
+- the cost of shadow scoring (`serve.shadow`): sequential `/score` p50 with and without, in the same `bentoml serve`,
+  flipped by hot swaps between a snapshot whose challenger is the bundle itself and one with no challenger
+  (--shadow-only: this alone).
 Servers run on 127.0.0.1 only, each in its own process group, stopped at the end.
 """
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pipeline.scorer import Scorer, check_sample  # noqa: E402
 BUNDLE = "models/bundle"  # the bundle `dvc repro` builds (the one `register` registers)
 
 BIN = Path(sys.executable).parent
-TARGETS = {"p50_ms": 5.0, "p99_ms": 15.0, "p99_16_ms": 100.0, "batch_ratio": 0.5}
+TARGETS = {"p50_ms": 5.0, "p99_ms": 15.0, "p99_16_ms": 100.0, "batch_ratio": 0.5, "shadow_ms": 0.3}
 
 
 def free_port() -> int:
@@ -181,17 +184,75 @@ def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
     return out
 
 
+def shadow_cost(params: dict, body: bytes, n: int, tmp: Path, rounds: int = 5, connections: int = 4) -> dict:
+    """Sequential /score p50 and p99 with shadow scoring and without, in the same `bentoml serve` processes (two
+    servers differ by more than the budget on a busy machine): `serve.shadow: true`, and the store's snapshot is
+    flipped by hot swaps between the bundle with itself as challenger (every request shadowed) and the bundle alone
+    (nothing to shadow), `rounds` times each way. Requests rotate over `connections` keep-alive connections, so
+    both workers answer."""
+    import requests
+    import yaml
+    os.environ["BENTOML_HOME"] = str(tmp / "bentoml-shadow")  # before this process first opens a BentoML store
+    from pipeline.export import export_bento
+    name, bundle = params["register"]["bento_model"], load_bundle(BUNDLE)
+    export_bento(bundle, name, challenger=bundle, why="bench: with a challenger")
+    assert (tmp / "bentoml-shadow" / "models" / name).is_dir(), "this process opened another BentoML store first"
+    p = {**params, "serve": {**params["serve"], "shadow": True, "canary_share": 0.0, "follow_poll_s": 0.2,
+                             "audit": {**params["serve"]["audit"], "spool_dir": str(tmp / "spool-shadow")}}}
+    (tmp / "params-shadow.yaml").write_text(yaml.safe_dump(p))
+    port = free_port()
+    proc = start([str(BIN / "bentoml"), "serve", "bentos.service:RiskService", "--host", "127.0.0.1", "--port", str(port)],
+                 {"BENTOML_HOME": os.environ["BENTOML_HOME"], "BENTOML_DO_NOT_TRACK": "True",
+                  "RISKOPS_PARAMS": str(tmp / "params-shadow.yaml"), "RISK_AUDIT_DB_URL": f"sqlite:///{tmp / 'audit-shadow.sqlite'}"},
+                 port, "/readyz", tmp / "bentoml-shadow.log")
+
+    def swapped(shadowed: bool) -> None:  # 20 /readyz in a row (new connections: either worker) say so
+        end, agree = time.time() + 60, 0
+        while agree < 20 and time.time() < end:
+            got = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=10).json()
+            agree = agree + 1 if (got["challenger_version"] is not None) == shadowed else 0
+            time.sleep(0.02)
+        if agree < 20: raise TimeoutError(f"the service did not swap to shadowed={shadowed}")
+    try:
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(connections)]
+        for i in range(100): post(conns[i % connections], body)  # warm-up
+        lat, per = {False: [], True: []}, max(n // rounds, 1)
+        for r in range(2 * rounds):
+            shadowed = r % 2 == 0
+            if r: export_bento(bundle, name, challenger=bundle if shadowed else None, why="bench")
+            swapped(shadowed)
+            lat[shadowed] += [post(conns[i % connections], body)[1] for i in range(per)]
+    finally:
+        stop(proc)
+    pct = lambda on, q: float(np.percentile(lat[on], q))
+    return {"off_p50_ms": pct(False, 50), "on_p50_ms": pct(True, 50), "off_p99_ms": pct(False, 99), "on_p99_ms": pct(True, 99),
+            "cost_p50_ms": pct(True, 50) - pct(False, 50), "requests": len(lat[True])}
+
+
+def report_shadow(s: dict) -> None:
+    print(f"\nshadow scoring (serve.shadow), sequential /score, {s['requests']} requests each: p50 {s['off_p50_ms']:.3f} ms without, "
+          f"{s['on_p50_ms']:.3f} ms with: it costs {s['cost_p50_ms']:.3f} ms at p50 (ratio to the {TARGETS['shadow_ms']} ms budget "
+          f"{s['cost_p50_ms'] / TARGETS['shadow_ms']:.2f}); p99 {s['off_p99_ms']:.2f} ms without, {s['on_p99_ms']:.2f} ms with")
+
+
 def main() -> int:
+    global BUNDLE
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=1000, help="sequential requests per server (default 1000)")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     ap.add_argument("--seconds", type=float, default=10, help="duration of the concurrent run (default 10)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows for the batch job (default 1,000,000)")
     ap.add_argument("--skip-batch", action="store_true", help="servers only")
+    ap.add_argument("--shadow-only", action="store_true", help="only the cost of shadow scoring")
+    ap.add_argument("--bundle", default=BUNDLE, help=f"the model bundle folder (default {BUNDLE})")
     args = ap.parse_args()
+    BUNDLE = args.bundle
     params = load_params()
     test = pd.read_parquet("data/split/test.parquet").drop(columns=params["data"]["target"])
     body = json.dumps({"applicants": json.loads(test.head(1).to_json(orient="records"))}).encode()
+    if args.shadow_only:
+        report_shadow(shadow_cost(params, body, args.requests, Path(tempfile.mkdtemp(prefix="bench-shadow-"))))
+        return 0
     results = {"in_process": in_process(params, test, args.requests)}
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     home = tmp / "bentoml"
@@ -211,7 +272,9 @@ def main() -> int:
         finally:
             stop(proc)
     if not args.skip_batch: results["batch"] = batch(params, test, args.rows, tmp)
+    results["shadow"] = shadow_cost(params, body, args.requests, tmp)
     report(results, args.clients)
+    report_shadow(results["shadow"])
     (tmp / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nraw figures: {tmp / 'results.json'}")
     return 0

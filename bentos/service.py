@@ -1,9 +1,12 @@
 """The riskops scoring service (BentoML 1.4): /score, /score_batch, /explain, plus /livez, /readyz, /metrics.
 
-A thin shell over the scoring runtime (pipeline.scorer, pipeline.request, pipeline.export, pipeline.audit):
-no training code is imported. Settings come from the `serve` section of params.yaml (path in RISKOPS_PARAMS,
-default params.yaml). The model is the bundle `riskops-export` put in the BentoML model store, verified
-against the sha recorded for it before anything is unpickled. Serve from the repository root:
+A thin shell over the scoring runtime (pipeline.scorer, pipeline.request, pipeline.export, pipeline.audit,
+pipeline.live): no training code is imported. Settings come from the `serve` section of params.yaml (path in
+RISKOPS_PARAMS, default params.yaml). The model is the newest snapshot `riskops-export` (or a promotion or
+rollback) put in the BentoML model store, verified against the shas recorded for it before anything is
+unpickled; each worker follows the store (serve.follow_poll_s) and swaps a new snapshot in once it passed its
+checks. With serve.shadow the challenger is also scored off the response path; serve.canary_share lets it
+decide that share of applicants. /readyz names the served version. Serve from the repository root:
 
     bentoml serve bentos.service:RiskService --host 127.0.0.1 --port 3000
 
@@ -28,7 +31,8 @@ from starlette.responses import Response
 
 from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
-from pipeline.export import bento_bundle
+from pipeline.export import StoreWatch, bento_snapshot
+from pipeline.live import Follower, Served, Shadow, decide, shadow_trail, store_loader
 from pipeline.request import ExplainAnswer, ScoreAnswer, applicant_model, invalid_rows, request_models
 from pipeline.scorer import Scorer, check_sample
 from pipeline.audit import audit_records, audit_trail, personal_policy
@@ -64,17 +68,19 @@ AUDIT = bentoml.metrics.Gauge(name="riskops_audit_records", documentation="Audit
                               "the database), failed (dead-lettered), written", labelnames=["state"])
 RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk scores (probability of default)",
                                  buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
+SWAPS = bentoml.metrics.Counter(name="riskops_model_swaps", documentation="Model snapshots from the store: swapped in, "
+                                "or refused (sha mismatch, failed warm-up) while the old one kept serving", labelnames=["result"])
+SHADOW = bentoml.metrics.Counter(name="riskops_shadow_scores", documentation="Applicants scored by the model that did not "
+                                 "decide, off the response path: scored, dropped (queue full), failed", labelnames=["result"])
+CANARY, ID_COLUMN = float(SERVE.get("canary_share", 0.0)), PARAMS["data"].get("id")
+LIVE: dict = {}  # this worker's RiskService, for /readyz (the middleware runs in the same process)
 
 
 def load_model():
-    """The exported bundle, verified, and why not when it cannot be served: with `serve.fallback: heuristic` the
-    service answers with the documented fallback (flagged `method: fallback`, /readyz not ready); with `none` it
-    refuses to start with one line naming the file and the reason."""
-    try: return bento_bundle(MODEL_NAME, PARAMS), None
-    except BundleError as e:
-        if SERVE["fallback"] == "none": sys.exit(f"riskops service: refusing to start (serve.fallback: none): {e}")
-        log.error("model not served (%s); answering with the heuristic fallback", e)
-        return None, str(e)
+    """The newest exported snapshot, verified (champion and challenger), or refuse to start with one line naming
+    the file and the reason when `serve.fallback: none`. (Workers load it again through their `Follower`.)"""
+    try: return bento_snapshot(MODEL_NAME, PARAMS)
+    except BundleError as e: sys.exit(f"riskops service: refusing to start (serve.fallback: none): {e}")
 
 
 if SERVE["fallback"] == "none": load_model()  # refuse before BentoML starts any worker
@@ -130,8 +136,24 @@ class RequestGate:
         await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
+    async def _described(self, scope, receive, send):
+        "/readyz as BentoML answers it (200 or 503), its body the served model: version, sha, challenger, snapshot."
+        start, chunks = {}, []
+        async def keep(message):
+            if message["type"] == "http.response.start": start.update(message)
+            else: chunks.append(message.get("body", b""))
+        await self.app(scope, receive, keep)
+        service = LIVE.get("service")
+        body = b"".join(chunks) if service is None else \
+            json.dumps({"ready": start.get("status") == 200, **service.describe()}).encode()
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+        await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] == "/docs.json": return await self._documented(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/readyz": return await self._described(scope, receive, send)
         if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
             headers = dict(scope["headers"])
             given = headers.get(b"authorization", b"")
@@ -163,12 +185,38 @@ class RiskService:
     model_ref = _model_ref()  # recorded in the bento at build time
 
     def __init__(self) -> None:
-        bundle, self.why = load_model()
-        self.scorer = Scorer(bundle, PARAMS, check_sample(PARAMS))
         self.audit, self.personal = audit_trail(PARAMS), personal_policy(PARAMS)
-        log.info("scoring with %s %s v%s (sha %s)%s", self.scorer.method, self.scorer.identity["model_name"],
-                 self.scorer.identity["model_version"], self.scorer.identity["bundle_sha"][:12],
-                 f"; model not served: {self.why}" if self.why else "")
+        for result in ("swapped", "refused"): SWAPS.labels(result=result)  # shown at 0 before the first swap
+        check_rows = check_sample(PARAMS)
+        fallback = Served(Scorer(None, PARAMS), why=f"no BentoML model {MODEL_NAME!r}; export the champion with `riskops-export`")
+        self.follower = Follower(fallback, StoreWatch(MODEL_NAME), store_loader(MODEL_NAME, PARAMS, check_rows),
+                                 SERVE.get("follow_poll_s", 5.0), on_result=self._followed)
+        self.follower.check()  # the newest snapshot, checked, before the first request; then every follow_poll_s
+        served = self.follower.served
+        if served.why is not None and SERVE["fallback"] == "none":
+            sys.exit(f"riskops service: refusing to start (serve.fallback: none): {served.why}")
+        self.follower.start()
+        self.shadow = Shadow(shadow_trail(PARAMS), self.personal, on_result=lambda r, n: SHADOW.labels(result=r).inc(n)) \
+            if SERVE.get("shadow") else None
+        LIVE["service"] = self
+        d = served.describe()
+        log.info("scoring with %s %s v%s (sha %s), challenger %s, shadow %s, canary share %s%s", served.champion.method,
+                 d["model_name"], d["model_version"], d["bundle_sha"][:12], d["challenger_version"], self.shadow is not None,
+                 CANARY, f"; model not served: {served.why}" if served.why else "")
+
+    def _followed(self, result: str, detail) -> None:
+        "Count a swap or a refusal (the Follower logs it)."
+        SWAPS.labels(result=result).inc()
+
+    @property
+    def why(self) -> str | None:
+        "Why no model is served (None when one is)."
+        return self.follower.served.why
+
+    def describe(self) -> dict:
+        "The served model for /readyz: version, sha, challenger, snapshot, shadow and canary settings, swaps and refusals."
+        return {**self.follower.served.describe(), "shadow": self.shadow is not None, "canary_share": CANARY,
+                "swaps": self.follower.swaps, "refused": len(self.follower.refused)}
 
     def __is_ready__(self) -> bool:
         "Ready when the model is loaded (the fallback answers, but is not ready) and the audit backlog is under its bound."
@@ -181,11 +229,12 @@ class RiskService:
 
     def _score(self, endpoint: str, applicants: list, request_id: str | None = None) -> list[dict]:
         start = time.perf_counter()
+        served = self.follower.served  # read once: a swap during this request changes nothing for it
         records = [a.model_dump() for a in applicants]
         if SERVE.get("full_validation"):
             bad = invalid_rows(records, PARAMS)
             if bad: raise InvalidArgument(f"invalid applicants: {bad}")
-        answers = self.scorer.answers(records)
+        answers, canary = decide(served, records, CANARY, ID_COLUMN)
         now, rid = datetime.now(timezone.utc).isoformat(timespec="milliseconds"), request_id or uuid.uuid4().hex
         for ans in answers:
             ans |= {"scored_at": now, "request_id": rid}
@@ -196,15 +245,20 @@ class RiskService:
                 ans["request_id"] = uuid.uuid4().hex
                 self._audit(endpoint, ans["request_id"], [rec], [ans], start)
         else: self._audit(endpoint, rid, records, answers, start)
-        self._log(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers], len(records), start)
+        if self.shadow is not None and served.challenger is not None:  # queued, scored by the shadow thread
+            self.shadow.submit(served, endpoint, [(a["request_id"], 0 if endpoint == "score_batch" else i, rec, bool(c), now)
+                                                  for i, (rec, a, c) in enumerate(zip(records, answers, canary))])
+        self._log(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers], len(records), start,
+                  served, int(canary.sum()))
         return answers
 
-    def _log(self, endpoint: str, request_id, applicants: int, started: float) -> None:
-        "One JSON line per request: endpoint, request id(s), model version, applicants, latency."
-        ident = self.scorer.identity
+    def _log(self, endpoint: str, request_id, applicants: int, started: float, served: Served, canary: int = 0) -> None:
+        "One JSON line per request: endpoint, request id(s), model version, applicants, how many the challenger decided, latency."
+        ident = served.champion.identity
         log.info("scored", extra={"endpoint": endpoint, "request_id": request_id, "model_name": ident["model_name"],
-                                  "model_version": ident["model_version"], "method": self.scorer.method,
-                                  "applicants": applicants, "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+                                  "model_version": ident["model_version"], "method": served.champion.method,
+                                  "applicants": applicants, "canary": canary,
+                                  "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
 
     @bentoml.api(input_spec=BODIES["score"])
     def score(self, applicants: list, request_id: str | None = None) -> list[ScoreAnswer]:
@@ -220,16 +274,18 @@ class RiskService:
     @bentoml.api(input_spec=BODIES["explain"])
     def explain(self, applicant: Applicant) -> ExplainAnswer:
         "Every field's exact contribution (log-odds) to one applicant's risk, with the applicant's values."
-        start, record = time.perf_counter(), applicant.model_dump()
-        answer = self.scorer.explain([record])[0]
+        start, record, served = time.perf_counter(), applicant.model_dump(), self.follower.served
+        answers, canary = decide(served, [record], CANARY, ID_COLUMN, how="explain")  # the model that decides explains
         rid = uuid.uuid4().hex
-        self._audit("explain", rid, [record], [answer], start)
-        self._log("explain", rid, 1, start)
-        return _json(EXPLANATION, answer)
+        self._audit("explain", rid, [record], answers, start)
+        self._log("explain", rid, 1, start, served, int(canary.sum()))
+        return _json(EXPLANATION, answers[0])
 
     @bentoml.on_shutdown
     def flush_audit(self) -> None:
         "Move what is spooled to the database before the worker exits (what is left is replayed at the next start)."
+        self.follower.stop()
+        if self.shadow is not None and not self.shadow.close(): log.warning("shadow records left in the spool for the next start")
         drained = self.audit.close()
         log.info("audit trail closed: %d records written, %d pending%s", self.audit.written, self.audit.pending,
                  "" if drained else " (left in the spool for the next start)")

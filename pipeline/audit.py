@@ -96,8 +96,8 @@ def audit_records(endpoint: str, request_id: str, inputs: list[dict], answers: l
 # %% ../nbs/12_audit.ipynb #2bd828d1
 AUDIT_TABLE = "audit_records"
 
-def audit_table(metadata: sa.MetaData, dialect: str, name: str = AUDIT_TABLE) -> sa.Table:
-    "The audit table: one row per applicant, keyed by (request_id, position)."
+def audit_table(metadata: sa.MetaData, dialect: str, name: str = AUDIT_TABLE, extra: tuple[str, ...] = ()) -> sa.Table:
+    "The audit table: one row per applicant, keyed by (request_id, position); `extra`: short text columns of a table of its kind (the shadow table's `role`)."
     check = "length(request_id) <= 64" + (" AND instr(request_id, char(0)) = 0" if dialect == "sqlite" else "")
     return sa.Table(name, metadata,
         sa.Column("request_id", sa.String(64), nullable=False), sa.Column("position", sa.Integer, nullable=False),
@@ -105,6 +105,7 @@ def audit_table(metadata: sa.MetaData, dialect: str, name: str = AUDIT_TABLE) ->
         sa.Column("inputs", sa.Text), sa.Column("outputs", sa.Text), sa.Column("threshold", sa.Float),
         sa.Column("model_name", sa.String(256)), sa.Column("model_version", sa.String(64)),
         sa.Column("bundle_sha", sa.String(64)), sa.Column("method", sa.String(32)), sa.Column("latency_ms", sa.Float),
+        *(sa.Column(c, sa.String(32)) for c in extra),
         sa.PrimaryKeyConstraint("request_id", "position", name=f"{name}_key"),
         sa.CheckConstraint(check, name=f"{name}_request_id_ok"),
         sa.Index(f"{name}_scored_at", "scored_at"))
@@ -218,14 +219,15 @@ class AuditTrail:
     "Durable audit records: `write` appends to this process's spool; a thread moves them to the database."
     def __init__(self, url: str, spool_dir: str | Path, batch_size: int = 256, flush_interval_s: float = 0.2,
                  max_pending: int = 100_000, dead_letter: str | Path | None = None, table: str = AUDIT_TABLE,
-                 max_backoff_s: float = 5.0, rescan_s: float = 10.0):
+                 max_backoff_s: float = 5.0, rescan_s: float = 10.0, extra: tuple[str, ...] = ()):
         self.dir = Path(spool_dir); self.dir.mkdir(parents=True, exist_ok=True)
         self.dead_letter = Path(dead_letter) if dead_letter else self.dir / "dead_letter.jsonl"
         self.batch_size, self.interval, self.max_pending = batch_size, flush_interval_s, max_pending
         self.max_backoff, self.rescan_s = max_backoff_s, rescan_s
         self.engine = audit_engine(url)
         self.dialect = self.engine.dialect.name
-        self.table = audit_table(sa.MetaData(), self.dialect, table)
+        self.table = audit_table(sa.MetaData(), self.dialect, table, extra)
+        self.columns = tuple(c.name for c in self.table.columns)
         self.insert = insert_ignoring_duplicates(self.table, self.dialect)
         self.written = self.failed = self.retries = self._queued = 0
         self._lock, self._wake, self._interrupt = threading.Lock(), threading.Event(), threading.Event()
@@ -278,9 +280,9 @@ def _rows(self, lines: list[bytes]) -> tuple[list[dict], list[tuple[dict, str]]]
     for line in lines:
         try: rec = json.loads(line)
         except ValueError as e: bad.append(({"spool_line": line.decode(errors="replace")}, f"not JSON: {e}")); continue
-        extra = set(rec) - set(COLUMNS) if isinstance(rec, dict) else {"(not an object)"}
+        extra = set(rec) - set(self.columns) if isinstance(rec, dict) else {"(not an object)"}
         if extra: bad.append((rec if isinstance(rec, dict) else {"spool_line": rec}, f"unknown fields {sorted(extra)}"))
-        else: rows.append({c: rec.get(c) for c in COLUMNS})
+        else: rows.append({c: rec.get(c) for c in self.columns})
     return rows, bad
 
 AuditTrail._rows = _rows

@@ -5,30 +5,111 @@
 # %% ../nbs/14_export.ipynb #62d8c850
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .bundle import MANIFEST, BUNDLE_FILES, Bundle, BundleError, resolve
+from .bundle import CHALLENGER, CHAMPION, MANIFEST, BUNDLE_FILES, Bundle, BundleError, resolve
+from .core import tracking_uri
 
 # %% auto #0
-__all__ = ['export_bento', 'bento_bundle']
+__all__ = ['registry_id', 'export_bento', 'Snapshot', 'bento_ref', 'bento_snapshot', 'bento_bundle', 'StoreWatch',
+           'store_follows', 'sync_store']
 
 # %% ../nbs/14_export.ipynb #06aaa250
-def export_bento(bundle: Bundle, name: str):
-    "Copy a verified bundle's files into a new BentoML model `name`; returns its tag."
+def registry_id(registered_model: str) -> str:
+    "A short, credential-free name of a registry: sha256 of the MLflow tracking URI and the registered model's name."
+    return hashlib.sha256(f"{tracking_uri()}|{registered_model}".encode()).hexdigest()[:16]
+
+def _copy_bundle(bundle: Bundle, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (*BUNDLE_FILES, MANIFEST): shutil.copy(bundle.path / f, dest / f)
+
+def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, registry: str | None = None, why: str = ""):
+    """Copy a verified bundle's files (and the challenger's, into `challenger/`) into a new BentoML model `name`:
+    one snapshot of the aliases. Returns its tag."""
     import bentoml
-    meta = {"registered_model": bundle.name or "unregistered", "version": str(bundle.version or "local"), "bundle_sha": bundle.sha}
-    with bentoml.models.create(name=name, labels={"version": meta["version"]}, metadata=meta) as ref:
-        for f in (*BUNDLE_FILES, MANIFEST): shutil.copy(bundle.path / f, Path(ref.path) / f)
+    meta = {"registered_model": bundle.name or "unregistered", "version": str(bundle.version or "local"), "bundle_sha": bundle.sha,
+            "challenger_version": str(challenger.version or "local") if challenger else "",
+            "challenger_sha": challenger.sha if challenger else "", "registry": registry or "", "why": why,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+    labels = {"version": meta["version"], "challenger": meta["challenger_version"] or "none"}
+    with bentoml.models.create(name=name, labels=labels, metadata=meta) as ref:
+        _copy_bundle(bundle, Path(ref.path))
+        if challenger is not None: _copy_bundle(challenger, Path(ref.path) / CHALLENGER)
     return ref.tag
 
-def bento_bundle(name: str, params: dict) -> Bundle:
-    "The latest BentoML model `name` as a verified bundle (BundleError when missing, changed or unloadable)."
+# %% ../nbs/14_export.ipynb #9d17fc45
+@dataclass
+class Snapshot:
+    "One exported alias state: its store tag, the champion's bundle, the challenger's (None without one), the metadata."
+    tag: str
+    champion: Bundle
+    challenger: Bundle | None
+    meta: dict
+
+def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
+    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError when missing."
     import bentoml
-    try: ref = bentoml.models.get(name)
+    try: ref = bentoml.models.get(f"{name}:{tag.split(':')[-1]}" if tag else name)
     except Exception as e:
-        raise BundleError(f"no BentoML model {name!r} ({type(e).__name__}); export the champion with `riskops-export`") from None
+        raise BundleError(f"no BentoML model {tag or name!r} ({type(e).__name__}); export the champion with `riskops-export`") from None
     meta = dict(ref.info.metadata)
     if not meta.get("bundle_sha"):
         raise BundleError(f"BentoML model {ref.tag} has no bundle sha (exported by older code); run `riskops-export` again")
-    return resolve(ref.path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
+    return str(ref.tag), Path(ref.path), meta
+
+def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challenger: bool = True) -> Snapshot:
+    "The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, changed or unloadable."
+    tag, path, meta = bento_ref(name, tag)
+    champion = resolve(path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
+    challenger = None
+    if with_challenger and meta.get("challenger_version"):
+        challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
+                             name=meta.get("registered_model"), version=meta["challenger_version"])
+    return Snapshot(tag, champion, challenger, meta)
+
+def bento_bundle(name: str, params: dict) -> Bundle:
+    "The latest BentoML model `name`'s champion as a verified bundle (BundleError when missing, changed or unloadable)."
+    return bento_snapshot(name, params, with_challenger=False).champion
+
+# %% ../nbs/14_export.ipynb #f78c191d
+class StoreWatch:
+    "A callable: the tag of the newest BentoML model `name` (`name:version`), or None when the store cannot be read now."
+    def __init__(self, name: str):
+        self.name, self.latest = name, None
+
+    def __call__(self) -> str | None:
+        if self.latest is not None:
+            try:
+                version = self.latest.read_text().strip()
+                if version: return f"{self.name}:{version}"
+            except OSError: pass
+        import bentoml
+        try: ref = bentoml.models.get(self.name)
+        except Exception: return None
+        self.latest = Path(ref.path).parent / "latest"
+        return str(ref.tag)
+
+# %% ../nbs/14_export.ipynb #078ab0e9
+def store_follows(name: str, registry: str) -> bool:
+    "Whether the newest snapshot of `name` in the BentoML store (BENTOML_HOME, else ~/bentoml) came from `registry`."
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    if not (home / "models" / name / "latest").is_file(): return False
+    import bentoml
+    try: return bentoml.models.get(name).info.metadata.get("registry") == registry
+    except Exception: return False
+
+def sync_store(reg, params: dict, why: str = "", force: bool = False) -> str:
+    "Export the registry's champion and challenger as a new snapshot if the store follows `reg` (or `force`); one line saying what was done."
+    name, rid = params["register"]["bento_model"], registry_id(reg.name)
+    if not force and not store_follows(name, rid):
+        return f"BentoML model {name} does not follow this registry: nothing exported (`riskops-export` puts the aliases there)"
+    champion = resolve(CHAMPION, params, name=reg.name)
+    challenger = resolve(CHALLENGER, params, name=reg.name) if reg.alias(CHALLENGER) else None
+    tag = export_bento(champion, name, challenger, registry=rid, why=why)
+    return f"exported champion {champion.label}" + (f" and challenger {challenger.label}" if challenger else "") + \
+           f" to BentoML model {tag}"

@@ -107,7 +107,7 @@ def load_outcomes(engine: sa.Engine, frame: pd.DataFrame) -> dict:
     return {"rows": len(frame), "new": len(new), "already_stored": len(both) - len(new)}
 
 # %% ../nbs/17_outcomes.ipynb #694c8b8b
-ENDPOINTS = ("/score", "/score_batch")
+ENDPOINTS = ("score", "score_batch", "/score", "/score_batch")  # the service audits its API's name; older records the path
 
 def audited(engine: sa.Engine, since: str | None = None, version: str | None = None) -> pd.DataFrame:
     "One row per audited applicant: keys, scored_at, model_version, inputs and outputs (JSON text), target (NaN: no outcome)."
@@ -127,17 +127,19 @@ def audited(engine: sa.Engine, since: str | None = None, version: str | None = N
 
 NO_OUTCOMES, ONE_CLASS = "no outcomes yet", "not measurable (one class)"
 
-def realised(rows: pd.DataFrame) -> list[dict]:
-    "Per month of the decision and model version: decisions, approval rate, outcomes, default rate, AUC, KS (None + reason)."
+def realised(rows: pd.DataFrame, by: tuple[str, ...] = ("month", "model_version")) -> list[dict]:
+    """Per month of the decision and model version (or the groups `by` names, e.g. `("model_version",)` for a whole
+    window): decisions, approval rate, outcomes, default rate, AUC, KS (None + reason)."""
     out = []
     outputs = [json.loads(s) for s in rows.outputs]
     rows = rows.assign(month=rows.scored_at.str[:7], risk_score=[o.get("risk_score") for o in outputs],
                        approved=[o.get("decision") == "approve" for o in outputs])
-    for (month, version), g in rows.groupby(["month", "model_version"], dropna=False, sort=True):
+    for keys, g in rows.groupby(list(by), dropna=False, sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
         lab = g.dropna(subset=["target"])
-        rec = {"month": month, "model_version": None if pd.isna(version) else str(version), "decisions": len(g),
-               "approval_rate": float(g.approved.mean()), "outcomes": len(lab),
-               "default_rate": float(lab.target.mean()) if len(lab) else None}
+        rec = {k: (None if pd.isna(v) else str(v)) if k == "model_version" else v for k, v in zip(by, keys)}
+        rec |= {"decisions": len(g), "approval_rate": float(g.approved.mean()), "outcomes": len(lab),
+                "default_rate": float(lab.target.mean()) if len(lab) else None}
         y, p = lab.target.to_numpy(int), lab.risk_score.to_numpy(float)
         both = len(lab) and 0 < y.mean() < 1
         rec |= ({"auc": float(roc_auc_score(y, p)), "ks": float(ks_statistic(y, p))} if both else

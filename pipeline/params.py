@@ -66,7 +66,8 @@ KNOWN_KEYS: dict[str, str] = {
     "report": "model_version dir kernel cell_timeout_s histograms audit_entries",
     "mlflow": "experiment registered_model",
     "serve": ("model max_list reason_codes contributions full_validation fallback heuristic workers threads "
-              "model_threads timeout_s access_log max_batch_size max_latency_ms audit batch"),
+              "model_threads timeout_s access_log max_batch_size max_latency_ms audit batch "
+              "shadow canary_share follow_poll_s"),
     "serve.heuristic": "intercept weights threshold grade_edges",
     "serve.audit": "path spool_dir batch_size flush_interval_s max_pending personal",
     "serve.batch": "model chunk_rows reason_codes_for workers",
@@ -330,6 +331,9 @@ class ServeParams(_Section):
     max_latency_ms: float = Field(gt=0)
     audit: Audit
     batch: ServeBatch
+    shadow: bool = False                              # also score the challenger, off the response path (pipeline.live)
+    canary_share: float = Field(0.0, ge=0, le=1)      # the share of applicants the challenger decides
+    follow_poll_s: float = Field(5.0, ge=0)           # how often a worker looks for a new snapshot in the store; 0: never
 
 class StreamParams(_Section):
     model: str

@@ -453,7 +453,23 @@ def main(argv=None) -> int:
                  write_card(reg, result["version"], params))
     else: log.warning("version %s: %s; champion is version %s", result["version"], result.get("awaiting") or result["verdict"],
                       result["champion"])
+    if result.get("new") and not result.get("experiment"): log.info("%s", _synced(reg, params, "register: new version"))
     return 0
+
+# %% ../nbs/07_registry.ipynb #364e4d52
+def _exported(reg: Registry, args, entry: dict) -> str:
+    "The alias move, then the store brought up to date; BundleError saying the move stands if the export failed."
+    from pipeline.export import sync_store
+    moved, why = _moved(entry), f"{entry['action']}: {entry['why']}"
+    try: return f"{moved}\n{sync_store(reg, load_params(args.params), why)}"
+    except BundleError as e:
+        raise BundleError(f"{moved} (done), but the BentoML model store was not updated: {e}; run `riskops-export`") from None
+
+def _synced(reg: Registry, params: dict, why: str) -> str:
+    "`sync_store` for the register stage: a failure is one line, and the stage goes on."
+    from pipeline.export import sync_store
+    try: return sync_store(reg, params, why)
+    except BundleError as e: return f"the BentoML model store was not updated: {e}; run `riskops-export`"
 
 # %% ../nbs/07_registry.ipynb #29260919
 def _registry(args) -> tuple[Registry, dict]:
@@ -521,7 +537,7 @@ def promote_cli(argv=None) -> int:
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def run():
-        moved = _moved(promote(reg, args.version, args.reason, args.force, approvals_required(params)))
+        moved = _exported(reg, args, promote(reg, args.version, args.reason, args.force, approvals_required(params)))
         _card(reg, params)
         return moved
     return _one_line("riskops-promote", run)
@@ -534,22 +550,28 @@ def rollback_cli(argv=None) -> int:
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def run():
-        moved = _moved(rollback(reg, args.reason))
+        moved = _exported(reg, args, rollback(reg, args.reason))
         _card(reg, params)
         return moved
     return _one_line("riskops-rollback", run)
 
 @_command
 def export_cli(argv=None) -> int:
-    "riskops-export: a version's bundle (default: the champion), verified, into the BentoML model store."
-    from pipeline.export import export_bento
-    p = cli_parser("Export a registered version's model bundle (verified by its sha) to the BentoML model store.")
-    p.add_argument("ref", nargs="?", default=CHAMPION, help="alias, version number or bundle folder (default: champion)")
+    "riskops-export: the champion and challenger (default), or a given bundle, verified, into the BentoML model store."
+    from pipeline.export import export_bento, sync_store
+    p = cli_parser("Export the registry's champion and challenger (verified by their shas) to the BentoML model store as a "
+                   "new snapshot, which running services follow; promotions and rollbacks then keep it current. With REF, "
+                   "export that bundle instead (a pin: promotions leave it alone until the next plain riskops-export).")
+    p.add_argument("ref", nargs="?", help="alias, version number or bundle folder to export as champion "
+                                          "(default: the registry's champion, with its challenger)")
+    p.add_argument("--challenger", help="with REF: alias, version number or bundle folder to export as its challenger")
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def export():
-        bundle = resolve(args.ref, params)
-        return f"exported {bundle.label} to BentoML model {export_bento(bundle, params['register']['bento_model'])}"
+        if args.ref is None and args.challenger is None: return sync_store(reg, params, "riskops-export", force=True)
+        bundle, other = resolve(args.ref or CHAMPION, params), resolve(args.challenger, params) if args.challenger else None
+        tag = export_bento(bundle, params["register"]["bento_model"], other, why="riskops-export (pinned)")
+        return f"exported {bundle.label}" + (f" with challenger {other.label}" if other else "") + f" to BentoML model {tag}"
     return _one_line("riskops-export", export)
 
 if __name__ == "__main__" and not in_notebook(): from pipeline.core import run_cli; sys.exit(run_cli(main))
