@@ -66,7 +66,7 @@ KNOWN_KEYS: dict[str, str] = {
     "report": "model_version dir kernel cell_timeout_s histograms audit_entries",
     "mlflow": "experiment registered_model",
     "serve": ("model max_list reason_codes contributions full_validation fallback heuristic workers threads "
-              "model_threads timeout_s access_log max_batch_size max_latency_ms audit batch "
+              "model_threads timeout_s access_log log_format max_batch_size max_latency_ms audit batch "
               "shadow canary_share follow_poll_s"),
     "serve.heuristic": "intercept weights threshold grade_edges",
     "serve.audit": "path spool_dir batch_size flush_interval_s max_pending personal",
@@ -327,6 +327,7 @@ class ServeParams(_Section):
     model_threads: int = Field(ge=1)
     timeout_s: float = Field(gt=0)
     access_log: bool = False
+    log_format: Literal["json", "text"] = "json"      # the service's own log lines: JSON lines (python-json-logger) or text
     max_batch_size: int = Field(gt=1)
     max_latency_ms: float = Field(gt=0)
     audit: Audit

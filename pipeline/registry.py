@@ -271,6 +271,7 @@ def promote(reg: Registry, version: str, why: str, force: bool = False, required
     people. `force` bypasses either check: the audit entry (action `forced-promote`) then says `forced: true` and lists
     what it bypassed (`--force` with nothing to bypass is an ordinary promotion). Always refused (BundleError): an
     unknown version, the current champion, a version without a bundle. Returns the audit entry."""
+    if not str(why or "").strip(): raise BundleError("--reason is empty: say why the version becomes champion (kept in the audit log)")
     mv = reg.model_version(version)
     version = str(mv.version)
     if reg.alias(CHAMPION) == version: raise BundleError(f"version {version} is already the champion: nothing to promote")
@@ -287,6 +288,7 @@ def promote(reg: Registry, version: str, why: str, force: bool = False, required
 def rollback(reg: Registry, why: str) -> dict:
     """Point champion back at the previous champion (refused when there is none or it was deleted). No gate and no
     approvals: rollback is the emergency path, back to a version that was champion before."""
+    if not str(why or "").strip(): raise BundleError("--reason is empty: say why the champion is rolled back (kept in the audit log)")
     history = reg.champion_history()
     if len(history) < 2: raise BundleError(f"no previous champion to roll back to (champion history: {history or 'empty'})")
     if history[-2] not in reg.known():

@@ -16,7 +16,7 @@ from pipeline.featurize import Featurizer, split_frame
 from pipeline.model import CalibratedMargin, ScoringModel
 from pipeline.registry import (CHALLENGER, CHAMPION, Registry, approve, approve_cli, approvals_of, card_info,
                                compare_with_champion, gate, gate_summary, model_card, promote, promote_cli,
-                               promote_on_gate, register_candidate, rollback, write_card)
+                               promote_on_gate, register_candidate, rollback, rollback_cli, write_card)
 from pipeline.train import cross_fit, train_models
 from pipeline.params import ParamsError
 from pipeline.validate import validate_frame
@@ -409,6 +409,8 @@ def test_approve_and_promote_commands_refuse_in_one_line(approvals_store, params
         assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
     refused(promote_cli, ["2", "--reason", "x"], "riskops-promote: version 2 has 0 of the 1 approvals")
+    refused(promote_cli, ["2", "--reason", "  "], "riskops-promote: --reason is empty")
+    refused(rollback_cli, ["--reason", ""], "riskops-rollback: --reason is empty")
     assert approve_cli(["2", "--by", "Ann", "--reason", "validated"]) == 0
     assert "version 2: approved by Ann, 1 of 1 approvals recorded; promote it with `riskops-promote 2" in capsys.readouterr().out
     refused(approve_cli, ["2", "--by", "ANN", "--reason", "again"], "riskops-approve: Ann already approved version 2")
