@@ -113,7 +113,7 @@ def cross_fit(X: pd.DataFrame, y: np.ndarray, hps: list[dict], params: dict, fol
             oof[out] += model.predict(X.iloc[out], output_margin=True) / len(hps)
     return MergedBooster(merge_boosters(boosters), X.index.to_numpy(), oof)
 
-# %% ../nbs/03_train.ipynb #7a38dc8e
+# %% ../nbs/03_train.ipynb #2b8d0154
 SEARCH_SPACE = "xgb-1"  # change it whenever suggest_xgb or the objective changes: trials of another search never mix
 
 def study_storage(params: dict) -> optuna.storages.RDBStorage | None:
@@ -173,7 +173,7 @@ def tune_xgb(X, y, X_valid, y_valid, params: dict, callbacks=(), progress: bool 
     if t["n_trials"] > before:
         study.optimize(xgb_objective(X, y, X_valid, y_valid, params), n_trials=t["n_trials"] - before, timeout=t["timeout_s"],
                        callbacks=list(callbacks), show_progress_bar=progress)
-    if storage is not None: log.info("study %s: %d finished trials, %d of them from other processes", study.study_name,
+    if storage is not None: log.info("study %s: %d finished trials, %d of them there before this run", study.study_name,
                                      len(finished(study)), before)
     if len(finished(study)) < t["n_trials"]:
         log.warning("train.timeout_s (%s s) stopped the study at %d of train.n_trials %d trials: the model depends on this "
@@ -272,28 +272,30 @@ if __name__ == "__main__" and not in_notebook():
     from pipeline.core import run_cli
     sys.exit(run_cli(main))
 
-# %% ../nbs/03_train.ipynb #8f362007
-def tune_worker(params_path: str, target: int, timeout: float | None, n_jobs: int) -> int:
+# %% ../nbs/03_train.ipynb #630a4b9b
+def tune_worker(params_path: str, target: int, timeout: float | None, n_jobs: int, seed: int | None = None) -> int:
     "One tuning process: trials into the shared study until it holds `target` finished ones (or `timeout` s); returns how many it ran."
     params = load_params(params_path)
     params["train"]["n_jobs"] = n_jobs
     splits = {name: read_table(f"data/split/{name}.parquet") for name in ("train", "valid")}
     X, y, Xv, yv = tuning_data(splits, joblib.load("models/featurizer.joblib"), params)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(X, y, Xv, yv, params, study_storage(params))  # no seed: each process its own draws
+    study = open_study(X, y, Xv, yv, params, study_storage(params), seed)  # seed None: each process its own draws
     if len(finished(study)) >= target: return 0
     ran = []
     stop = optuna.study.MaxTrialsCallback(target, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     study.optimize(xgb_objective(X, y, Xv, yv, params), timeout=timeout, callbacks=[stop, lambda _, tr: ran.append(tr.number)])
     return len(ran)
 
-# %% ../nbs/03_train.ipynb #54116cfa
+# %% ../nbs/03_train.ipynb #b13b512b
 def _tune(argv=None) -> int:
     p = cli_parser("Add trials to the shared Optuna study of train.storage (or RISKOPS_TRAIN_STORAGE) from N processes; run it "
                    "on other machines too. `train` then refits the best trials of all of them.")
     p.add_argument("--workers", type=int, default=1, help="tuning processes on this machine (default 1)")
     p.add_argument("--trials", type=int, default=None, help="trials to add, all workers together (default: train.n_trials)")
     p.add_argument("--timeout", type=float, default=None, help="stop each worker after this many seconds (default: no limit)")
+    p.add_argument("--seed", type=int, default=None, help="seed worker i's sampler with SEED + i (default: random; never give "
+                   "two processes on one study the same seed)")
     args = p.parse_args(argv)
     params, start = load_params(args.params), time.perf_counter()
     if (storage := study_storage(params)) is None:
@@ -302,9 +304,10 @@ def _tune(argv=None) -> int:
     data = tuning_data(splits, joblib.load("models/featurizer.joblib"), params)
     study = open_study(*data, params, storage)
     target, w = len(finished(study)) + (args.trials or params["train"]["n_trials"]), max(1, args.workers)
-    jobs = [args.params, target, args.timeout, max(1, params["train"]["n_jobs"] // w)]
+    jobs = [[a] * w for a in (args.params, target, args.timeout, max(1, params["train"]["n_jobs"] // w))]
+    seeds = [None if args.seed is None else args.seed + i for i in range(w)]
     with ProcessPoolExecutor(w, mp_context=multiprocessing.get_context("spawn")) as pool:
-        ran = list(pool.map(tune_worker, *[[a] * w for a in jobs]))
+        ran = list(pool.map(tune_worker, *jobs, seeds))
     seconds, best = time.perf_counter() - start, study.best_trial
     print(f"study {study.study_name} in {shown_url(storage.url)}: {len(finished(study))} finished trials, {sum(ran)} added by "
           f"{w} worker(s) {ran} in {seconds:.0f} s ({60 * sum(ran) / seconds:.1f} trials/min); best trial "

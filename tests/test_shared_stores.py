@@ -45,7 +45,7 @@ def workspace(postgres_server, small_splits, small_params, tmp_path_factory):
     optuna_url, mlflow_url, audit_url = (createdb(postgres_server, n) for n in ("optuna_shared", "mlflow_shared", "audit_shared"))
     params = deep_merge(small_params, {
         "data": {"path": str(ROOT / small_params["data"]["path"])},
-        "train": {"n_trials": 6, "storage": optuna_url},
+        "train": {"n_trials": 4, "storage": optuna_url},
         "evaluate": {"bootstrap": 20},
         "register": {"min_auc": 0.99},  # the gate refuses: riskops-promote --force makes it champion
         "serve": {"max_list": 5, "audit": {**small_params["serve"]["audit"], "spool_dir": str(ws / "spool")}}})
@@ -64,10 +64,10 @@ def cli(ws, env, *cmd) -> subprocess.CompletedProcess:
 
 def test_two_tuning_processes_one_study_then_train_register_promote_serve_on_postgres(workspace):
     ws, params, env, audit_url = workspace
-    # two tuning processes add 6 trials to one study in PostgreSQL
-    out = cli(ws, env, sys.executable, "-c", TUNE, "--workers", "2", "--trials", "6").stdout
+    # two tuning processes add 4 trials to one study in PostgreSQL
+    out = cli(ws, env, sys.executable, "-c", TUNE, "--workers", "2", "--trials", "4").stdout
     ran = json.loads(re.search(r"worker\(s\) (\[[\d, ]+\])", out).group(1))
-    assert len(ran) == 2 and min(ran) >= 1 and sum(ran) >= 6, out
+    assert len(ran) == 2 and min(ran) >= 1 and sum(ran) >= 4, out
     name = re.search(r"study (xgb-\w+)", out).group(1)
     study = optuna.load_study(study_name=name, storage=params["train"]["storage"])
     numbers = [t.number for t in study.trials]
@@ -75,7 +75,7 @@ def test_two_tuning_processes_one_study_then_train_register_promote_serve_on_pos
     assert len(study.best_trials) == 1 and f"best trial #{study.best_trial.number}" in out
     # train finds the study full, runs no trial of its own and refits the best of the two processes' trials
     train = cli(ws, env, sys.executable, "-m", "pipeline.train")
-    assert f"{len(numbers)} finished trials, {len(numbers)} of them from other processes" in train.stderr
+    assert f"{len(numbers)} finished trials, {len(numbers)} of them there before this run" in train.stderr
     assert json.loads((ws / "models/model_info.json").read_text())["best_params"] == study.best_params
     assert len(optuna.load_study(study_name=name, storage=params["train"]["storage"]).trials) == len(numbers)
     # evaluate, register (the gate refuses), promote by hand; every alias in MLflow on PostgreSQL

