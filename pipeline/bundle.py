@@ -105,11 +105,11 @@ def load_bundle(path: str | Path, expected_sha: str | None = None, name: str | N
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 class Registry:
-    "The registered model `name` in the current MLflow store (`MLFLOW_TRACKING_URI`, else the repo's SQLite)."
-    def __init__(self, name: str, audit_path: str | Path = "models/registry_audit.jsonl"):
+    "The registered model `name` in the MLflow store `uri` (default: `MLFLOW_TRACKING_URI`, else the repo's SQLite)."
+    def __init__(self, name: str, audit_path: str | Path = "models/registry_audit.jsonl", uri: str | None = None):
         import mlflow
         from mlflow import MlflowClient
-        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_tracking_uri(uri or tracking_uri())
         self.name, self.audit_path, self.client = name, Path(audit_path), MlflowClient()
 
     def alias(self, alias: str) -> str | None:
@@ -202,7 +202,7 @@ def resolve(ref: str = CHAMPION, params: dict | None = None, expected_sha: str |
     ref = str(ref)
     if os.sep in ref or Path(ref).is_dir(): return load_bundle(ref, expected_sha, name, version)
     import mlflow
-    reg = Registry(name or params["mlflow"]["registered_model"])
+    reg = Registry(name or params["mlflow"]["registered_model"], uri=tracking_uri(params))
     version = reg.version_of(ref)
     sha = reg.model_version(version).tags.get("bundle_sha")
     if not sha: raise BundleError(f"{reg.name} version {version} has no model bundle (registered by older code); "

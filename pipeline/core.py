@@ -29,7 +29,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 __all__ = ['KNOWN_FAILURES', 'repo_root', 'load_params', 'cli_parser', 'stage_cli', 'run_cli', 'in_notebook', 'get_logger',
            'read_table', 'write_json', 'read_json', 'rounded', 'as_code', 'code_of', 'feature_columns', 'target_vector',
            'score', 'ks_statistic', 'load_models', 'file_digest', 'file_md5', 'params_hash', 'git_commit',
-           'lineage_tags', 'tracking_uri', 'setup_mlflow']
+           'lineage_tags', 'sqlite_url', 'shown_url', 'tracking_uri', 'setup_mlflow']
 
 # %% ../nbs/00_core.ipynb #be7ca8d3
 def repo_root(package_dir: str | Path | None = None) -> Path:
@@ -193,20 +193,44 @@ def lineage_tags(params: dict) -> dict:
             "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
 
 # %% ../nbs/00_core.ipynb #8065d8f6
-def tracking_uri() -> str:
-    "`MLFLOW_TRACKING_URI` if set, else the SQLite store at the repo root."
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+def sqlite_url(url: str, timeout_s: float = 30) -> str:
+    """A SQLite URL made ready for several local writers: the file in WAL mode (the file keeps it) and a busy timeout
+    in the URL (`?timeout=`, a writer waits for the lock instead of failing); any other URL unchanged."""
+    if not url.startswith("sqlite:"): return url
+    import contextlib
+    import sqlite3
+    import sqlalchemy as sa
+    db = sa.make_url(url).database
+    if db and db != ":memory:" and not db.startswith("file:"):
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db, timeout=timeout_s)) as conn: conn.execute("PRAGMA journal_mode=WAL")
+    return url if "timeout=" in url else f"{url}{'&' if '?' in url else '?'}timeout={timeout_s:g}"
+
+def shown_url(url):
+    "`url` with its password hidden (for logs and messages); anything that is not a URL as it is."
+    import sqlalchemy as sa
+    try: return sa.make_url(url).render_as_string(hide_password=True) if isinstance(url, str) and "://" in url else url
+    except sa.exc.ArgumentError: return url
+
+# %% ../nbs/00_core.ipynb #4aa9cfc1
+def tracking_uri(params: dict | None = None) -> str:
+    "`MLFLOW_TRACKING_URI`, else `mlflow.tracking_uri` of `params`, else `mlflow.db` at the repo root; SQLite as `sqlite_url` makes it."
+    configured = ((params or {}).get("mlflow") or {}).get("tracking_uri")
+    return sqlite_url(os.environ.get("MLFLOW_TRACKING_URI") or configured or f"sqlite:///{repo_root() / 'mlflow.db'}")
 
 def setup_mlflow(params: dict) -> str:
     "Point MLflow at the store and select the experiment from params; returns the experiment id."
     import mlflow
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     name = params["mlflow"]["experiment"]
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        # with a local store, artifacts go next to it whatever the working directory
-        artifacts = (repo_root() / "mlartifacts").as_uri() if tracking_uri().startswith("sqlite") else None
-        exp_id = mlflow.create_experiment(name, artifact_location=artifacts)
+        # a database store: artifacts in mlflow.artifacts, else beside the repo whatever the working directory;
+        # an mlflow server (http) keeps them itself
+        shared = params["mlflow"].get("artifacts")
+        local = (shared if "://" in str(shared) else Path(shared).resolve().as_uri()) if shared else (repo_root() / "mlartifacts").as_uri()
+        exp_id = mlflow.create_experiment(name, artifact_location=None if uri.startswith(("http:", "https:")) else local)
     else: exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id

@@ -51,7 +51,7 @@ KNOWN_KEYS: dict[str, str] = {
     "featurize": "valid_size test_size seed ratios aggregates min_category_share",
     "featurize.aggregates.*": "fn cols",
     "train": ("seed baseline_C n_trials timeout_s max_rounds early_stopping_rounds prune_warmup_rounds "
-              "ensemble_top_k cv_folds n_jobs calibration monotone"),
+              "ensemble_top_k cv_folds n_jobs calibration monotone storage"),
     "evaluate": ("threshold_rule target_approval_rate cost_false_negative cost_false_positive grades score_scale "
                  "fairness_bands fairness_min_rows robustness calibration_bins bootstrap"),
     "evaluate.score_scale": "base_score base_odds pdo",
@@ -64,7 +64,7 @@ KNOWN_KEYS: dict[str, str] = {
     "drift": "model current window bins min_rows psi_monitor psi_alert auc_drop_monitor auc_drop_alert webhook",
     "drift.webhook": "url url_env min_level retries backoff_s timeout_s max_total_s",
     "report": "model_version dir kernel cell_timeout_s histograms audit_entries",
-    "mlflow": "experiment registered_model",
+    "mlflow": "experiment registered_model tracking_uri artifacts",
     "serve": ("model max_list reason_codes contributions full_validation fallback heuristic workers threads "
               "model_threads timeout_s access_log log_format max_batch_size max_latency_ms audit batch "
               "shadow canary_share follow_poll_s"),
@@ -212,6 +212,7 @@ class TrainParams(_Section):
     n_jobs: int
     calibration: Literal["temperature", "sigmoid", "isotonic"]
     monotone: dict[Name, Literal[-1, 0, 1]] | None = None
+    storage: str | None = None  # Optuna study in this database (SQLAlchemy URL), shared by every tuning process
 
 class ScoreScale(_Section):
     base_score: float
@@ -296,6 +297,8 @@ class ReportParams(_Section):
 class MlflowParams(_Section):
     experiment: str
     registered_model: str
+    tracking_uri: str | None = None  # MLFLOW_TRACKING_URI wins
+    artifacts: str | None = None     # artifact folder or URI of a database store
 
 # %% ../nbs/00a_params.ipynb #4bb7ea7b
 class Heuristic(_Section):

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (cli_parser, get_logger, in_notebook, load_params, read_json, read_table, repo_root,
-                           setup_mlflow, tracking_uri)
+                           setup_mlflow, shown_url, tracking_uri)
 from .bundle import CHAMPION, Registry, resolve, verify_bundle
 
 # %% auto #0
@@ -41,7 +41,7 @@ def resolve_version(reg: Registry, ref: str, registry_json: str | Path = "models
     "The version number that `ref` (a number, an alias or `current`) names; ValueError naming what exists otherwise."
     from mlflow.exceptions import MlflowException
     ref = str(ref).strip()
-    where = f"registered model '{reg.name}' in {tracking_uri()}"
+    where = f"registered model '{reg.name}' in {shown_url(tracking_uri())}"  # a database password never in a message
     if ref == "current":
         if not Path(registry_json).exists():
             raise ValueError(f"--version current: {registry_json} not found; run the pipeline (dvc repro) first")

@@ -10,6 +10,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from .scorer import Scorer
 from .validate import validate_for_scoring
 
 # %% auto #0
-__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'check_output', 'job_manifest', 'combine', 'run_job', 'check_bad_share',
-           'main']
+__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'check_output', 'job_manifest', 'combine', 'quarantine_text', 'run_job',
+           'check_bad_share', 'score_parser', 'main']
 
 # %% ../nbs/13_score.ipynb #613fc597
 def count_rows(path: str | Path) -> int | None:
@@ -100,11 +101,15 @@ def combine(parts: list[Path], out: Path) -> int:
     os.replace(tmp, out)
     return table.num_rows
 
+def quarantine_text(quarantine: pd.DataFrame) -> pd.DataFrame:
+    "Quarantined rows as written: every column text but `_row` (a broken value is kept as it was read)."
+    return quarantine.astype({c: str for c in quarantine.columns if c not in ("_row",)})
+
 def _score_part(chunk: pd.DataFrame, scorer: Scorer, params: dict, n_grades: int, part: Path, qpart: Path) -> None:
     "Score, check and write one chunk (a worker thread's task): the scores part last, as the mark that it is done."
     scores, quarantine = score_chunk(chunk, scorer, params)
     check_output(scores, quarantine, chunk, n_grades)
-    _write_atomic(quarantine.astype({c: str for c in quarantine.columns if c not in ("_row",)}), qpart)
+    _write_atomic(quarantine_text(quarantine), qpart)
     _write_atomic(scores, part)
 
 def run_job(input_path, output_path, bundle, params: dict, chunk_rows: int | None = None,
@@ -177,16 +182,26 @@ def _valid_only(df: pd.DataFrame, params: dict) -> pd.DataFrame:
     "The valid rows of a frame, in the validated types (a sample to check the scorer's fast path on)."
     return validate_for_scoring(df, params)[0]
 
-def main(argv=None) -> int:
-    "python -m pipeline.score: score a file in resumable chunks."
-    p = cli_parser("Score a csv or parquet file in resumable chunks: scores, grades, decisions, reason codes; bad rows quarantined.")
-    p.add_argument("--input", required=True, help="applicants to score (.csv or .parquet)")
-    p.add_argument("--output", required=True, help="scores file (.parquet or .csv); also <output>.quarantine.csv and <output>.report.json")
+def score_parser():
+    "The command line of the batch job (both engines)."
+    p = cli_parser("Score a csv or parquet file in resumable chunks: scores, grades, decisions, reason codes; bad rows quarantined. "
+                   "--engine spark scores parquet files (a folder or a glob) on a Spark cluster with the same chunk scoring.")
+    p.add_argument("--input", required=True, help="applicants to score (.csv or .parquet; spark: a parquet folder, file or glob)")
+    p.add_argument("--output", required=True, help="scores file (.parquet or .csv); also <output>.quarantine.csv and <output>.report.json; "
+                   "spark: a folder that gets scores/, quarantine/ (parquet parts) and report.json")
+    p.add_argument("--engine", choices=["local", "spark"], default="local", help="local: threads in this process (default); spark: mapInPandas on --master")
+    p.add_argument("--master", default="local[*]", help="Spark master URL (only with --engine spark; default local[*])")
     p.add_argument("--model", default=None, help="alias, version number or bundle folder (default: serve.batch.model, the champion)")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per chunk (default: serve.batch.chunk_rows)")
     p.add_argument("--restart", action="store_true", help="discard the parts of an interrupted run and start over")
     p.add_argument("--workers", type=int, default=None, help="chunks scored at once, in threads (default: serve.batch.workers)")
-    args = p.parse_args(argv)
+    return p
+
+def main(argv=None) -> int:
+    "python -m pipeline.score: score a file in resumable chunks; with --engine spark, `python -m pipeline.spark` does."
+    args = score_parser().parse_args(argv)
+    if args.engine == "spark":  # the Spark driver is its own program (pipeline.spark builds on this module, not the reverse)
+        return subprocess.call([sys.executable, "-m", "pipeline.spark", *(sys.argv[1:] if argv is None else argv)])  # nosec B603: this interpreter, our own module, argv as given
     params = load_params(args.params)
     if args.workers: params["serve"]["batch"]["workers"] = args.workers
     try:

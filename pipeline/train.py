@@ -5,10 +5,15 @@
 # %% ../nbs/03_train.ipynb #a46448fc
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import joblib
@@ -21,13 +26,15 @@ from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from .core import (get_logger, in_notebook, ks_statistic, lineage_tags, load_params, read_table, rounded,
-                           setup_mlflow, stage_cli, target_vector, write_json)
+from .core import (cli_parser, get_logger, in_notebook, ks_statistic, lineage_tags, load_params, read_table,
+                           rounded, run_cli, setup_mlflow, shown_url, sqlite_url, stage_cli, target_vector, write_json)
 from .model import CalibratedMargin, LinearMargin, MergedBooster, ScoringModel, holdout_scores
 
 # %% auto #0
-__all__ = ['fit_baseline', 'suggest_xgb', 'PruneOnValidAUC', 'monotone_constraints', 'fit_xgb', 'merge_boosters', 'cross_fit',
-           'completed', 'tune_xgb', 'top_params', 'train_models', 'history_plot', 'log_trial', 'main']
+__all__ = ['SEARCH_SPACE', 'fit_baseline', 'suggest_xgb', 'PruneOnValidAUC', 'monotone_constraints', 'fit_xgb', 'merge_boosters',
+           'cross_fit', 'study_storage', 'study_name', 'open_study', 'completed', 'finished', 'xgb_objective',
+           'tune_xgb', 'top_params', 'tuning_data', 'train_models', 'history_plot', 'log_trial', 'main', 'tune_worker',
+           'tune_cli']
 
 # %% ../nbs/03_train.ipynb #224a6765
 def fit_baseline(X, y: np.ndarray, params: dict) -> LinearMargin:
@@ -106,23 +113,72 @@ def cross_fit(X: pd.DataFrame, y: np.ndarray, hps: list[dict], params: dict, fol
             oof[out] += model.predict(X.iloc[out], output_margin=True) / len(hps)
     return MergedBooster(merge_boosters(boosters), X.index.to_numpy(), oof)
 
+# %% ../nbs/03_train.ipynb #2b8d0154
+SEARCH_SPACE = "xgb-1"  # change it whenever suggest_xgb or the objective changes: trials of another search never mix
+
+def study_storage(params: dict) -> optuna.storages.RDBStorage | None:
+    "`RISKOPS_TRAIN_STORAGE` or `train.storage` as Optuna storage (SQLite: WAL, busy timeout; others: pre-ping); None in memory."
+    url = os.environ.get("RISKOPS_TRAIN_STORAGE") or params["train"].get("storage")
+    if not url: return None
+    engine = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    # a heartbeat marks the trials of a killed process failed, so they stop counting as running
+    return optuna.storages.RDBStorage(sqlite_url(url), engine_kwargs=engine, heartbeat_interval=30, grace_period=120)
+
+def study_name(X, y, X_valid, y_valid, params: dict) -> str:
+    "`xgb-<digest>` of the search space, the training and validation rows and the settings that shape a trial's AUC."
+    h = hashlib.sha256(SEARCH_SPACE.encode())
+    for frame in (X, X_valid):
+        h.update(",".join(map(str, frame.columns)).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    for target in (y, y_valid): h.update(np.asarray(target, dtype=np.int64).tobytes())
+    keys = ("seed", "max_rounds", "early_stopping_rounds", "prune_warmup_rounds", "monotone")
+    h.update(json.dumps({k: params["train"].get(k) for k in keys}, sort_keys=True, default=str).encode())
+    return f"xgb-{h.hexdigest()[:16]}"
+
+def open_study(X, y, X_valid, y_valid, params: dict, storage=None, seed: int | None = None) -> optuna.Study:
+    "A new in-memory study (TPE seeded with `seed`), or the shared study of `storage`, created by the first process to ask."
+    t = params["train"]
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=t["prune_warmup_rounds"])
+    if storage is None:
+        return optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # running trials count as bad: no two alike
+    return optuna.create_study(storage=storage, study_name=study_name(X, y, X_valid, y_valid, params), direction="maximize",
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
 # %% ../nbs/03_train.ipynb #92b05a01
 def completed(study: optuna.Study) -> list:
     "Trials that ran to the end (a pruned trial's value is a part-way AUC, not comparable)."
     return [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE]
 
-def tune_xgb(X, y, X_valid, y_valid, params: dict, callbacks=(), progress: bool = True):
-    "Optuna study (seeded TPE, median pruning) maximising validation AUC."
-    t = params["train"]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=t["seed"]),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=t["prune_warmup_rounds"]))
+def finished(study: optuna.Study) -> list:
+    "Trials that ended, complete or pruned (a failed trial or one still running is not counted)."
+    return [tr for tr in study.get_trials(deepcopy=False) if tr.state.is_finished() and tr.state != optuna.trial.TrialState.FAIL]
+
+def xgb_objective(X, y, X_valid, y_valid, params: dict):
+    "The objective of a trial: validation AUC of XGBoost with the trial's hyper-parameters (pruned on the way)."
     def objective(trial):
         model = fit_xgb(X, y, X_valid, y_valid, suggest_xgb(trial), params, callbacks=[PruneOnValidAUC(trial)])
         trial.set_user_attr("best_iteration", int(model.best_iteration))
         return roc_auc_score(y_valid, model.predict_proba(X_valid)[:, 1])
-    study.optimize(objective, n_trials=t["n_trials"], timeout=t["timeout_s"], callbacks=list(callbacks),
-                   show_progress_bar=progress)
+    return objective
+
+def tune_xgb(X, y, X_valid, y_valid, params: dict, callbacks=(), progress: bool = True):
+    """Optuna study (TPE, median pruning) maximising validation AUC: `train.n_trials` trials in memory; with
+    `train.storage`, only the trials the shared study still lacks to reach `train.n_trials` (any process's count)."""
+    t, log = params["train"], get_logger("train")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = study_storage(params)
+    study = open_study(X, y, X_valid, y_valid, params, storage, seed=t["seed"])
+    before = len(finished(study)) if storage is not None else 0
+    if t["n_trials"] > before:
+        study.optimize(xgb_objective(X, y, X_valid, y_valid, params), n_trials=t["n_trials"] - before, timeout=t["timeout_s"],
+                       callbacks=list(callbacks), show_progress_bar=progress)
+    if storage is not None: log.info("study %s: %d finished trials, %d of them there before this run", study.study_name,
+                                     len(finished(study)), before)
+    if len(finished(study)) < t["n_trials"]:
+        log.warning("train.timeout_s (%s s) stopped the study at %d of train.n_trials %d trials: the model depends on this "
+                    "machine's speed (raise timeout_s, or tune beforehand with riskops-tune)", t["timeout_s"],
+                    len(finished(study)), t["n_trials"])
     return study
 
 def top_params(study: optuna.Study, k: int) -> list[dict]:
@@ -130,11 +186,15 @@ def top_params(study: optuna.Study, k: int) -> list[dict]:
     return [tr.params for tr in sorted(completed(study), key=lambda tr: -tr.value)[:k]]
 
 # %% ../nbs/03_train.ipynb #69d37c44
+def tuning_data(splits: dict, featurizer, params: dict) -> tuple:
+    "X, y of the training split and X, y of the validation split: what every trial sees."
+    return (featurizer.frame(splits["train"]), target_vector(splits["train"], params),
+            featurizer.frame(splits["valid"]), target_vector(splits["valid"], params))
+
 def train_models(splits: dict, featurizer, params: dict, callbacks=(), progress: bool = True) -> dict:
     "Tune, cross-fit and calibrate XGBoost, fit and calibrate the baseline; returns models, validation metrics, winner, study."
     t = params["train"]
-    X, y = featurizer.frame(splits["train"]), target_vector(splits["train"], params)
-    Xv, yv = featurizer.frame(splits["valid"]), target_vector(splits["valid"], params)
+    X, y, Xv, yv = tuning_data(splits, featurizer, params)
     study = tune_xgb(X, y, Xv, yv, params, callbacks, progress)
     y_all = np.concatenate([y, yv])  # the cross-fit uses every row; its out-of-fold margins calibrate it
     merged = cross_fit(pd.concat([X, Xv]), y_all, top_params(study, t["ensemble_top_k"]), params, t["cv_folds"])
@@ -184,7 +244,7 @@ def main(argv=None) -> int:
     featurizer = joblib.load("models/featurizer.joblib")
     setup_mlflow(params)
     with mlflow.start_run(run_name="train", tags=lineage_tags(params)) as run:
-        mlflow.log_params({f"train.{k}": v for k, v in params["train"].items()})
+        mlflow.log_params({f"train.{k}": shown_url(v) if k == "storage" else v for k, v in params["train"].items()})
         start = time.perf_counter()
         result = train_models(splits, featurizer, params, callbacks=[log_trial])
         study = result["study"]
@@ -211,3 +271,53 @@ if __name__ == "__main__" and not in_notebook():
     from pipeline.train import main  # run the importable module: pickles must name pipeline.train, not __main__
     from pipeline.core import run_cli
     sys.exit(run_cli(main))
+
+# %% ../nbs/03_train.ipynb #630a4b9b
+def tune_worker(params_path: str, target: int, timeout: float | None, n_jobs: int, seed: int | None = None) -> int:
+    "One tuning process: trials into the shared study until it holds `target` finished ones (or `timeout` s); returns how many it ran."
+    params = load_params(params_path)
+    params["train"]["n_jobs"] = n_jobs
+    splits = {name: read_table(f"data/split/{name}.parquet") for name in ("train", "valid")}
+    X, y, Xv, yv = tuning_data(splits, joblib.load("models/featurizer.joblib"), params)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(X, y, Xv, yv, params, study_storage(params), seed)  # seed None: each process its own draws
+    if len(finished(study)) >= target: return 0
+    ran = []
+    stop = optuna.study.MaxTrialsCallback(target, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    study.optimize(xgb_objective(X, y, Xv, yv, params), timeout=timeout, callbacks=[stop, lambda _, tr: ran.append(tr.number)])
+    return len(ran)
+
+# %% ../nbs/03_train.ipynb #b13b512b
+def _tune(argv=None) -> int:
+    p = cli_parser("Add trials to the shared Optuna study of train.storage (or RISKOPS_TRAIN_STORAGE) from N processes; run it "
+                   "on other machines too. `train` then refits the best trials of all of them.")
+    p.add_argument("--workers", type=int, default=1, help="tuning processes on this machine (default 1)")
+    p.add_argument("--trials", type=int, default=None, help="trials to add, all workers together (default: train.n_trials)")
+    p.add_argument("--timeout", type=float, default=None, help="stop each worker after this many seconds (default: no limit)")
+    p.add_argument("--seed", type=int, default=None, help="seed worker i's sampler with SEED + i (default: random; never give "
+                   "two processes on one study the same seed)")
+    args = p.parse_args(argv)
+    params, start = load_params(args.params), time.perf_counter()
+    if (storage := study_storage(params)) is None:
+        raise FileNotFoundError("riskops-tune: no shared study: set train.storage (or RISKOPS_TRAIN_STORAGE) to a database URL")
+    splits = {name: read_table(f"data/split/{name}.parquet") for name in ("train", "valid")}
+    data = tuning_data(splits, joblib.load("models/featurizer.joblib"), params)
+    study = open_study(*data, params, storage)
+    target, w = len(finished(study)) + (args.trials or params["train"]["n_trials"]), max(1, args.workers)
+    jobs = [[a] * w for a in (args.params, target, args.timeout, max(1, params["train"]["n_jobs"] // w))]
+    seeds = [None if args.seed is None else args.seed + i for i in range(w)]
+    with ProcessPoolExecutor(w, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ran = list(pool.map(tune_worker, *jobs, seeds))
+    seconds, best = time.perf_counter() - start, study.best_trial
+    print(f"study {study.study_name} in {shown_url(storage.url)}: {len(finished(study))} finished trials, {sum(ran)} added by "
+          f"{w} worker(s) {ran} in {seconds:.0f} s ({60 * sum(ran) / seconds:.1f} trials/min); best trial "
+          f"#{best.number}: valid AUC {best.value:.4f}")
+    return 0
+
+def tune_cli(argv=None) -> int:
+    "riskops-tune: add trials to the shared study from N processes; a params mistake or an unreachable database is one line, exit 2."
+    import sqlalchemy as sa
+    try: return run_cli(_tune, argv)
+    except sa.exc.OperationalError as e:
+        print(f"riskops-tune: cannot reach the study's database ({' '.join(str(e.orig).split())[:200]})", file=sys.stderr)
+        return 2

@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import pandera.pandas as pa
+
+# pandera imports pyspark.pandas whenever pyspark is installed (a warning about pandas 3 on every start, for
+# nothing: validation is pandas only). Hidden while pandera loads, pandera's import fails at once and it goes on
+# without it; the Spark batch engine imports pyspark itself, only when asked for.
+_hidden = [m for m in ("pyspark", "pyspark.pandas") if m not in sys.modules][:1]
+for m in _hidden: sys.modules[m] = None
+try: import pandera.pandas as pa
+finally:
+    for m in _hidden: del sys.modules[m]
 
 import numpy as np
 
