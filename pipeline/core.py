@@ -21,6 +21,12 @@ import pandas as pd
 import yaml
 from sklearn.metrics import roc_curve
 
+# pyspark (the Spark batch engine) warns at import that its pandas 3 support is partial, and MLflow and pandera import
+# it whenever it is installed: silenced here, once for every module; tests/test_spark.py compares every column of the
+# Spark engine's output with the local engine's instead.
+import warnings
+warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
 # No usage telemetry from MLflow or BentoML: runs must not reach out to the network (set before either is imported).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")

@@ -25,9 +25,7 @@ from .score import check_bad_share, check_output, quarantine_text, score_chunk, 
 from .scorer import Scorer
 from .validate import validate_for_scoring
 
-# pyspark 4.3 warns on every conversion that its pandas 3 support is partial: tests/test_spark.py compares every
-# column of this engine's output with the local engine's instead
-warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+# pyspark's warning about partial pandas 3 support is silenced in pipeline.core, imported above
 from pyspark import StorageLevel  # noqa: E402
 from pyspark.sql import DataFrame, SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
