@@ -14,8 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import warnings
-
 import numpy as np
 import pandas as pd
 
