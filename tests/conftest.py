@@ -1,6 +1,12 @@
 """Shared fixtures: parameters, the default data, a temporary MLflow store, and repository copies."""
 import copy
 import os
+
+# The suite runs in two workers on two cores, and each process's OpenMP threads (XGBoost's libgomp) spin-wait for
+# work by default: two processes training at once then took 249 s where one takes 1.3 s (3 fits of 300 rounds on
+# 3,000 rows). A short spin, then sleep, gives 3.1 s for the pair and 1.6 s alone. Set before anything loads libgomp;
+# the pipeline's commands, servers and notebook kernels that the tests start inherit it.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 import shutil
 import subprocess
 import sys
