@@ -107,7 +107,7 @@ def load_outcomes(engine: sa.Engine, frame: pd.DataFrame) -> dict:
     return {"rows": len(frame), "new": len(new), "already_stored": len(both) - len(new)}
 
 # %% ../nbs/17_outcomes.ipynb #694c8b8b
-ENDPOINTS = ("score", "score_batch", "/score", "/score_batch")  # the service audits its API's name; older records the path
+ENDPOINTS = ("score", "score_batch", "stream", "/score", "/score_batch")  # decisions: the service's APIs (older records: the path) and the stream scorer
 
 def audited(engine: sa.Engine, since: str | None = None, version: str | None = None) -> pd.DataFrame:
     "One row per audited applicant: keys, scored_at, model_version, inputs and outputs (JSON text), target (NaN: no outcome)."

@@ -464,14 +464,15 @@ def _exported(reg: Registry, args, entry: dict) -> str:
     from pipeline.export import sync_store
     moved, why = _moved(entry), f"{entry['action']}: {entry['why']}"
     try: return f"{moved}\n{sync_store(reg, load_params(args.params), why)}"
-    except BundleError as e:
-        raise BundleError(f"{moved} (done), but the BentoML model store was not updated: {e}; run `riskops-export`") from None
+    except Exception as e:  # any failure (a download, the disk, BentoML): the move stands, and the fix is one command
+        raise BundleError(f"{moved} (done), but the BentoML model store was not updated: {type(e).__name__}: {e}; "
+                          "run `riskops-export`") from None
 
 def _synced(reg: Registry, params: dict, why: str) -> str:
     "`sync_store` for the register stage: a failure is one line, and the stage goes on."
     from pipeline.export import sync_store
     try: return sync_store(reg, params, why)
-    except BundleError as e: return f"the BentoML model store was not updated: {e}; run `riskops-export`"
+    except Exception as e: return f"the BentoML model store was not updated: {type(e).__name__}: {e}; run `riskops-export`"
 
 # %% ../nbs/07_registry.ipynb #29260919
 def _registry(args) -> tuple[Registry, dict]:
@@ -539,9 +540,9 @@ def promote_cli(argv=None) -> int:
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def run():
-        moved = _exported(reg, args, promote(reg, args.version, args.reason, args.force, approvals_required(params)))
-        _card(reg, params)
-        return moved
+        entry = promote(reg, args.version, args.reason, args.force, approvals_required(params))
+        _card(reg, params)  # before the export: a failed export still leaves the card right
+        return _exported(reg, args, entry)
     return _one_line("riskops-promote", run)
 
 @_command
@@ -552,9 +553,9 @@ def rollback_cli(argv=None) -> int:
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def run():
-        moved = _exported(reg, args, rollback(reg, args.reason))
+        entry = rollback(reg, args.reason)
         _card(reg, params)
-        return moved
+        return _exported(reg, args, entry)
     return _one_line("riskops-rollback", run)
 
 @_command
