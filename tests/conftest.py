@@ -290,3 +290,14 @@ def kafka_broker(tmp_path_factory):
         yield broker.start()
     finally:
         broker.stop()
+
+
+# The longest files first: with two workers and a file's tests kept together (--dist loadfile), a long file
+# collected last would run alone at the end while the other worker idles.
+LONGEST_FIRST = ["test_pipeline.py", "test_loop.py", "test_other_dataset.py", "test_registry.py", "test_champion.py",
+                 "test_report.py", "test_live.py", "test_shared_stores.py", "test_spark.py", "test_service.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
