@@ -28,13 +28,16 @@ def _copy_bundle(bundle: Bundle, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in (*BUNDLE_FILES, MANIFEST): shutil.copy(bundle.path / f, dest / f)
 
-def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, registry: str | None = None, why: str = ""):
+def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, registry: str | None = None, why: str = "",
+                 challenger_gate: str = ""):
     """Copy a verified bundle's files (and the challenger's, into `challenger/`) into a new BentoML model `name`:
-    one snapshot of the aliases. Returns its tag."""
+    one snapshot of the aliases. `challenger_gate` is the challenger's gate verdict in the registry ('passed',
+    'refused'; '' when unknown): only a 'passed' challenger may decide a canary share. Returns its tag."""
     import bentoml
     meta = {"registered_model": bundle.name or "unregistered", "version": str(bundle.version or "local"), "bundle_sha": bundle.sha,
             "challenger_version": str(challenger.version or "local") if challenger else "",
-            "challenger_sha": challenger.sha if challenger else "", "registry": registry or "", "why": why,
+            "challenger_sha": challenger.sha if challenger else "", "challenger_gate": challenger_gate if challenger else "",
+            "registry": registry or "", "why": why,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     labels = {"version": meta["version"], "challenger": meta["challenger_version"] or "none"}
     with bentoml.models.create(name=name, labels=labels, metadata=meta) as ref:
@@ -110,6 +113,7 @@ def sync_store(reg, params: dict, why: str = "", force: bool = False) -> str:
         return f"BentoML model {name} does not follow this registry: nothing exported (`riskops-export` puts the aliases there)"
     champion = resolve(CHAMPION, params, name=reg.name)
     challenger = resolve(CHALLENGER, params, name=reg.name) if reg.alias(CHALLENGER) else None
-    tag = export_bento(champion, name, challenger, registry=rid, why=why)
+    verdict = reg.model_version(challenger.version).tags.get("gate", "") if challenger else ""
+    tag = export_bento(champion, name, challenger, registry=rid, why=why, challenger_gate=verdict)
     return f"exported champion {champion.label}" + (f" and challenger {challenger.label}" if challenger else "") + \
            f" to BentoML model {tag}"

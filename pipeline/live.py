@@ -41,19 +41,29 @@ def canary_mask(records: list[dict], share: float, id_column: str | None = None)
 # %% ../nbs/18_live.ipynb #b68180f3
 @dataclass(frozen=True)
 class Served:
-    "The scorers that answer (champion, challenger or None), the store tag they came from, why no model is served (None: it is)."
+    """The scorers that answer (champion, challenger or None), the store tag they came from, why no model is served
+    (None: it is), the challenger's gate verdict ('passed' lets it decide a canary share)."""
     champion: Scorer
     challenger: Scorer | None = None
     tag: str | None = None
     why: str | None = None
     since: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    challenger_gate: str | None = None
+
+    @property
+    def challenger_decides(self) -> bool:
+        "Whether the challenger may decide a canary share: there is one and its gate passed."
+        return self.challenger is not None and self.challenger_gate == "passed"
 
     def describe(self) -> dict:
-        "What /readyz says: the served version and sha, the challenger's, the snapshot tag, since when, why not a model."
+        """What /readyz says: the served version and sha, the challenger's, its gate verdict and whether it decides,
+        the snapshot tag, since when, why not a model."""
         c, ch = self.champion.identity, self.challenger.identity if self.challenger else {}
         return {"model_name": c["model_name"], "model_version": c["model_version"], "bundle_sha": c["bundle_sha"],
                 "method": self.champion.method, "challenger_version": ch.get("model_version"),
-                "challenger_sha": ch.get("bundle_sha"), "store_tag": self.tag, "since": self.since, "why": self.why}
+                "challenger_sha": ch.get("bundle_sha"), "challenger_gate": self.challenger_gate or None,
+                "challenger_decides": self.challenger_decides,
+                "store_tag": self.tag, "since": self.since, "why": self.why}
 
 # %% ../nbs/18_live.ipynb #45f73867
 def warm_up(scorer: Scorer, rows) -> None:
@@ -76,7 +86,7 @@ def served_snapshot(snapshot, params: dict, check_rows=None) -> Served:
         except Exception as e: raise BundleError(f"{bundle.label}: cannot be built for scoring ({type(e).__name__}: {e})") from None
         warm_up(scorer, rows)
         scorers.append(scorer)
-    return Served(scorers[0], scorers[1], snapshot.tag)
+    return Served(scorers[0], scorers[1], snapshot.tag, challenger_gate=(snapshot.meta or {}).get("challenger_gate") or None)
 
 # %% ../nbs/18_live.ipynb #c449b89a
 log = get_logger("live")
@@ -143,7 +153,7 @@ def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
             verify_bundle(path, meta["bundle_sha"])
             if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
             old = recent.pop(key)
-            served = Served(old.champion, old.challenger, tag)
+            served = Served(old.champion, old.challenger, tag, challenger_gate=meta.get("challenger_gate") or None)
         else: served = served_snapshot(bento_snapshot(name, params, tag), params, rows)
         recent[key] = served
         while len(recent) > keep: recent.pop(next(iter(recent)))
@@ -153,8 +163,9 @@ def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
 # %% ../nbs/18_live.ipynb #b7431f03
 def decide(served: Served, records: list[dict], share: float, id_column: str | None = None,
            how: str = "answers") -> tuple[list[dict], np.ndarray]:
-    "Each record's answer (n) from the challenger for the canary share, else the champion; and the canary mask (n,)."
-    canary = canary_mask(records, share, id_column) if served.challenger is not None else np.zeros(len(records), bool)
+    """Each record's answer (n) from the challenger for the canary share when it may decide (its gate passed), else
+    the champion; and the canary mask (n,), all false when the challenger may not decide."""
+    canary = canary_mask(records, share, id_column) if served.challenger_decides else np.zeros(len(records), bool)
     if not canary.any(): return getattr(served.champion, how)(records), canary
     out = [None] * len(records)
     for scorer, side in ((served.champion, ~canary), (served.challenger, canary)):

@@ -573,7 +573,9 @@ def export_cli(argv=None) -> int:
     def export():
         if args.ref is None and args.challenger is None: return sync_store(reg, params, "riskops-export", force=True)
         bundle, other = resolve(args.ref or CHAMPION, params), resolve(args.challenger, params) if args.challenger else None
-        tag = export_bento(bundle, params["register"]["bento_model"], other, why="riskops-export (pinned)")
+        # a registered challenger carries its gate verdict (only 'passed' decides a canary share); a folder has none
+        verdict = reg.model_version(other.version).tags.get("gate", "") if other is not None and other.version else ""
+        tag = export_bento(bundle, params["register"]["bento_model"], other, why="riskops-export (pinned)", challenger_gate=verdict)
         return f"exported {bundle.label}" + (f" with challenger {other.label}" if other else "") + f" to BentoML model {tag}"
     return _one_line("riskops-export", export)
 
