@@ -48,11 +48,13 @@ def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, re
 # %% ../nbs/14_export.ipynb #9d17fc45
 @dataclass
 class Snapshot:
-    "One exported alias state: its store tag, the champion's bundle, the challenger's (None without one), the metadata."
+    """One exported alias state: its store tag, the champion's bundle, the challenger's (None without one or when it
+    failed its check), the metadata, and why the snapshot's challenger was left out (None: it was not)."""
     tag: str
     champion: Bundle
     challenger: Bundle | None
     meta: dict
+    challenger_error: str | None = None
 
 def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
     "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError when missing."
@@ -66,14 +68,16 @@ def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
     return str(ref.tag), Path(ref.path), meta
 
 def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challenger: bool = True) -> Snapshot:
-    "The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, changed or unloadable."
+    """The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, or its champion changed
+    or unloadable; a challenger changed or unloadable is left out (None), its `challenger_error` saying why."""
     tag, path, meta = bento_ref(name, tag)
     champion = resolve(path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
-    challenger = None
+    challenger, error = None, None
     if with_challenger and meta.get("challenger_version"):
-        challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
-                             name=meta.get("registered_model"), version=meta["challenger_version"])
-    return Snapshot(tag, champion, challenger, meta)
+        try: challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
+                                  name=meta.get("registered_model"), version=meta["challenger_version"])
+        except Exception as e: error = f"challenger version {meta['challenger_version']}: " + (" ".join(str(e).split()) or type(e).__name__)
+    return Snapshot(tag, champion, challenger, meta, error)
 
 def bento_bundle(name: str, params: dict) -> Bundle:
     "The latest BentoML model `name`'s champion as a verified bundle (BundleError when missing, changed or unloadable)."

@@ -42,13 +42,15 @@ def canary_mask(records: list[dict], share: float, id_column: str | None = None)
 @dataclass(frozen=True)
 class Served:
     """The scorers that answer (champion, challenger or None), the store tag they came from, why no model is served
-    (None: it is), the challenger's gate verdict ('passed' lets it decide a canary share)."""
+    (None: it is), the challenger's gate verdict ('passed' lets it decide a canary share), why the snapshot's
+    challenger was left out (None: it was not)."""
     champion: Scorer
     challenger: Scorer | None = None
     tag: str | None = None
     why: str | None = None
     since: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
     challenger_gate: str | None = None
+    challenger_error: str | None = None
 
     @property
     def challenger_decides(self) -> bool:
@@ -57,12 +59,12 @@ class Served:
 
     def describe(self) -> dict:
         """What /readyz says: the served version and sha, the challenger's, its gate verdict and whether it decides,
-        the snapshot tag, since when, why not a model."""
+        why a challenger was left out, the snapshot tag, since when, why not a model."""
         c, ch = self.champion.identity, self.challenger.identity if self.challenger else {}
         return {"model_name": c["model_name"], "model_version": c["model_version"], "bundle_sha": c["bundle_sha"],
                 "method": self.champion.method, "challenger_version": ch.get("model_version"),
                 "challenger_sha": ch.get("bundle_sha"), "challenger_gate": self.challenger_gate or None,
-                "challenger_decides": self.challenger_decides,
+                "challenger_decides": self.challenger_decides, "challenger_error": self.challenger_error,
                 "store_tag": self.tag, "since": self.since, "why": self.why}
 
 # %% ../nbs/18_live.ipynb #45f73867
@@ -76,17 +78,23 @@ def warm_up(scorer: Scorer, rows) -> None:
         raise BundleError(f"{who}: warm-up answers wrong for {len(bad) or len(rows)} of {len(rows)} rows "
                           f"(e.g. risk_score {bad[0]['risk_score'] if bad else None})")
 
+def _ready_scorer(bundle, params: dict, rows) -> Scorer:
+    "A bundle's scorer, built and warmed up; BundleError naming it otherwise."
+    try: scorer = Scorer(bundle, params, rows)
+    except Exception as e: raise BundleError(f"{bundle.label}: cannot be built for scoring ({type(e).__name__}: {e})") from None
+    warm_up(scorer, rows)
+    return scorer
+
 def served_snapshot(snapshot, params: dict, check_rows=None) -> Served:
-    "Scorers for a snapshot's champion and challenger (`pipeline.export.Snapshot`), built and warmed up; BundleError when either fails."
+    """Scorers for a snapshot's champion and challenger (`pipeline.export.Snapshot`), built and warmed up: BundleError
+    when the champion fails; a challenger that fails is left out, `challenger_error` saying why."""
     rows = check_sample(params) if check_rows is None else check_rows
-    scorers = []
-    for bundle in (snapshot.champion, snapshot.challenger):
-        if bundle is None: scorers.append(None); continue
-        try: scorer = Scorer(bundle, params, rows)
-        except Exception as e: raise BundleError(f"{bundle.label}: cannot be built for scoring ({type(e).__name__}: {e})") from None
-        warm_up(scorer, rows)
-        scorers.append(scorer)
-    return Served(scorers[0], scorers[1], snapshot.tag, challenger_gate=(snapshot.meta or {}).get("challenger_gate") or None)
+    champion, challenger, error = _ready_scorer(snapshot.champion, params, rows), None, getattr(snapshot, "challenger_error", None)
+    if snapshot.challenger is not None:
+        try: challenger = _ready_scorer(snapshot.challenger, params, rows)
+        except Exception as e: error = " ".join(str(e).split()) or type(e).__name__
+    return Served(champion, challenger, snapshot.tag, challenger_gate=(snapshot.meta or {}).get("challenger_gate") or None,
+                  challenger_error=error)
 
 # %% ../nbs/18_live.ipynb #c449b89a
 log = get_logger("live")
@@ -97,7 +105,8 @@ class Follower:
         self.served, self.latest, self.load, self.poll_s = served, latest, load, float(poll_s)
         self.on_result = on_result or (lambda result, detail: None)
         self.refused: dict[str, str] = {}
-        self.swaps, self.last_swap_s = 0, None
+        self.challenger_failed: dict[str, str] = {}
+        self.swaps, self.last_swap_s, self.challenger_failures = 0, None, 0
         self._stop, self._thread = threading.Event(), None
 
     def check(self) -> str | None:
@@ -118,6 +127,10 @@ class Follower:
         log.info("model snapshot %s swapped in after %.2f s (loaded and checked): version %s (sha %s), challenger %s; was %s",
                  tag, self.last_swap_s, d["model_version"], d["bundle_sha"][:12], d["challenger_version"], old.tag or "the fallback")
         self.on_result("swapped", new)
+        if new.challenger_error:
+            self.challenger_failed[tag], self.challenger_failures = new.challenger_error, self.challenger_failures + 1
+            log.error("model snapshot %s: its challenger was left out, the champion serves alone: %s", tag, new.challenger_error)
+            self.on_result("challenger_failed", new.challenger_error)
         return "swapped"
 
 # %% ../nbs/18_live.ipynb #3ad4c129
@@ -149,13 +162,15 @@ def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
     def load(tag: str) -> Served:
         tag, path, meta = bento_ref(name, tag)
         key = tuple(str(meta.get(k) or "") for k in ("registered_model", "version", "bundle_sha", "challenger_version", "challenger_sha"))
-        if key in recent:  # the same models: check the files, keep the scorers
+        old = recent.pop(key, None)
+        if old is not None:  # the same models: check the files, keep the scorers
             verify_bundle(path, meta["bundle_sha"])
-            if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
-            old = recent.pop(key)
-            served = Served(old.champion, old.challenger, tag, challenger_gate=meta.get("challenger_gate") or None)
+            try:
+                if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
+            except BundleError: old = None  # loaded again below: the champion alone, the challenger's error said
+        if old is not None: served = Served(old.champion, old.challenger, tag, challenger_gate=meta.get("challenger_gate") or None)
         else: served = served_snapshot(bento_snapshot(name, params, tag), params, rows)
-        recent[key] = served
+        if served.challenger_error is None: recent[key] = served
         while len(recent) > keep: recent.pop(next(iter(recent)))
         return served
     return load

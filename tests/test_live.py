@@ -98,22 +98,46 @@ def test_a_challenger_whose_gate_did_not_pass_never_decides_but_is_shadowed(smal
     assert len(shadow.trail.records) == len(rows) and {(r["model_version"], r["role"]) for r in shadow.trail.records} == {("heuristic", "challenger")}
 
 
-def test_a_snapshot_records_the_challengers_gate(small_bundle, small_params, tmp_path,
+def test_a_snapshot_records_the_challengers_gate_and_a_broken_challenger_is_left_out(small_bundle, small_params, tmp_path,
                                                                                    monkeypatch):
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
     code = ("import dataclasses, sys; from pipeline.bundle import load_bundle; from pipeline.export import export_bento; "
             "b = load_bundle(sys.argv[1]); c = dataclasses.replace(b, version='2'); "
-            "print(export_bento(b, 'm', c, challenger_gate='refused')); print(export_bento(b, 'm', c, challenger_gate='passed'))")
+            "print(export_bento(b, 'm', c, challenger_gate='refused')); print(export_bento(b, 'm', c, challenger_gate='passed')); "
+            "print(export_bento(b, 'm', dataclasses.replace(c, sha='0' * 64), challenger_gate='passed'))")
     made = subprocess.run([sys.executable, "-c", code, str(small_bundle.path)], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"})
     assert made.returncode == 0, made.stderr[-2000:]
-    refused, passed = made.stdout.split()
+    refused, passed, broken = made.stdout.split()
     load, rows = store_loader("m", small_params), check_sample(small_params).to_dict("records")
     s = load(refused)
-    assert s.challenger is not None and s.challenger_gate == "refused" and not s.challenger_decides
+    assert s.challenger is not None and s.challenger_gate == "refused" and not s.challenger_decides and s.challenger_error is None
     s = load(passed)  # the same models: the scorers reused, the verdict the new snapshot's
-    assert s.challenger_decides and s.describe()["challenger_gate"] == "passed" and decide(s, rows, 0.9)[1].any()
+    assert s.challenger_decides and s.describe()["challenger_gate"] == "passed"
+    s = load(broken)  # the champion is served alone, and why is said
+    assert s.challenger is None and not s.challenger_decides and "MANIFEST.json: sha256" in s.challenger_error
+    assert s.describe()["challenger_error"] == s.challenger_error and s.describe()["model_version"] == "local"
+    assert decide(s, rows, 0.9)[1].sum() == 0
+
+
+def test_a_challenger_that_fails_to_warm_up_leaves_the_champion_serving_alone(small_bundle, small_params):
+    broken = copy.copy(small_bundle.model)
+    broken.calibrated = NaNCalibrated(small_bundle.model.calibrated)
+    bad = dataclasses.replace(small_bundle, model=broken, version="2")
+    snapshots = {"one": Snapshot("one", small_bundle, None, {}),
+                 "rollback": Snapshot("rollback", dataclasses.replace(small_bundle, version="0"), bad, {"challenger_gate": "passed"})}
+    results = []
+    f = Follower(Served(Scorer(None, small_params), why="none yet"), lambda: newest[0],
+                 lambda tag: served_snapshot(snapshots[tag], small_params), POLL_S, on_result=lambda r, d: results.append((r, d)))
+    newest = ["one"]
+    assert f.check() == "swapped"
+    newest[0] = "rollback"  # a champion update whose challenger cannot warm up: the champion swaps in, alone
+    assert f.check() == "swapped" and f.check() is None
+    assert f.served.tag == "rollback" and f.served.champion.identity["model_version"] == "0" and f.served.challenger is None
+    assert "warm-up answers wrong" in f.served.challenger_error and f.served.describe()["challenger_error"] == f.served.challenger_error
+    assert f.challenger_failures == 1 and "warm-up answers wrong" in f.challenger_failed["rollback"] and not f.refused
+    assert [r for r, _ in results] == ["swapped", "swapped", "challenger_failed"] and "warm-up" in results[-1][1]
 
 
 # ---- one served world: an MLflow store with champion v1 (XGBoost) and challenger v2 (the baseline, passed by the gate,
@@ -202,7 +226,7 @@ def test_canary_answers_name_the_deciding_version_and_shadow_audits_both(world, 
     v1, v2, p = w["v1"], w["v2"], w["p"]
     d = ready(srv)
     assert (d["model_version"], d["challenger_version"], d["shadow"], d["canary_share"]) == (v1, v2, True, SHARE), d
-    assert (d["challenger_gate"], d["challenger_decides"]) == ("passed", True), d
+    assert (d["challenger_gate"], d["challenger_decides"], d["challenger_error"]) == ("passed", True, None), d
     assert d["bundle_sha"] == w["bundles"][v1].sha and d["challenger_sha"] == w["bundles"][v2].sha
     rows = small_splits["test"].drop(columns=small_params["data"]["target"]).head(120)
     recs = _records(rows)
@@ -407,3 +431,27 @@ def test_a_challenger_the_gate_refused_is_shadowed_and_never_decides(world, smal
     assert len(dec) == 120 and set(dec) == {v1}
     assert len(sha) == 120 and set(map(tuple, sha)) == {(v3, "challenger")}
 
+
+def test_a_challenger_that_fails_its_check_leaves_the_champion_serving_alone(world, small_splits, small_params):
+    w, srv = world, world["srv"]
+    v1, v2 = w["v1"], w["v2"]
+    code = ("import dataclasses, sys; from pipeline.bundle import load_bundle; from pipeline.export import export_bento; "
+            "b = dataclasses.replace(load_bundle(sys.argv[1]), name=sys.argv[4], version=sys.argv[5]); "
+            "c = dataclasses.replace(load_bundle(sys.argv[2]), name=sys.argv[4], version=sys.argv[6], sha='0' * 64); "
+            "print(export_bento(b, sys.argv[3], c, challenger_gate='passed'))")
+    made = subprocess.run([sys.executable, "-c", code, str(w["tmp"] / "xgboost"), str(w["tmp"] / "baseline"), MODEL,
+                           w["p"]["mlflow"]["registered_model"], v1, v2], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **w["env"]})
+    assert made.returncode == 0, made.stderr[-2000:]
+    tag = made.stdout.strip()
+    d = until(lambda: (lambda d: d if d["store_tag"] == tag else None)(ready(srv)), timeout=20)
+    assert (d["model_version"], d["challenger_version"], d["challenger_decides"]) == (v1, None, False), d
+    assert f"challenger version {v2}" in d["challenger_error"] and "MANIFEST.json: sha256" in d["challenger_error"], d
+    metric = [l for l in requests.get(srv.url + "/metrics").text.splitlines()
+              if l.startswith("riskops_model_swaps_total") and 'result="challenger_failed"' in l]
+    assert metric and float(metric[0].split()[-1]) >= 1, metric
+    r = requests.post(srv.url + "/score", json={"applicants": _records(small_splits["test"].drop(
+        columns=small_params["data"]["target"]).head(20))}, timeout=30)
+    assert r.status_code == 200 and {a["model_version"] for a in r.json()} == {v1}
+    log = Path(srv.log.name).read_text()
+    assert "its challenger was left out, the champion serves alone" in log
