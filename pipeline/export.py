@@ -57,11 +57,13 @@ class Snapshot:
     challenger_error: str | None = None
 
 def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
-    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError when missing."
+    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError (`transient`) when missing or unreadable."
     import bentoml
     try: ref = bentoml.models.get(f"{name}:{tag.split(':')[-1]}" if tag else name)
-    except Exception as e:
-        raise BundleError(f"no BentoML model {tag or name!r} ({type(e).__name__}); export the champion with `riskops-export`") from None
+    except Exception as e:  # not there, or the store not readable now: a follower tries it again (`transient`)
+        error = BundleError(f"no BentoML model {tag or name!r} ({type(e).__name__}); export the champion with `riskops-export`")
+        error.transient = True
+        raise error from None
     meta = dict(ref.info.metadata)
     if not meta.get("bundle_sha"):
         raise BundleError(f"BentoML model {ref.tag} has no bundle sha (exported by older code); run `riskops-export` again")

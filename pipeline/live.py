@@ -23,7 +23,7 @@ from .scorer import Scorer, check_sample
 
 # %% auto #0
 __all__ = ['log', 'SHADOW_TABLE', 'SHADOW_COLUMNS', 'canary_key', 'canary_mask', 'Served', 'warm_up', 'served_snapshot',
-           'Follower', 'store_loader', 'decide', 'shadow_trail', 'Shadow']
+           'transient', 'Follower', 'store_loader', 'decide', 'shadow_trail', 'Shadow']
 
 # %% ../nbs/18_live.ipynb #59ef6493
 def canary_key(record: dict, id_column: str | None = None) -> str:
@@ -99,28 +99,36 @@ def served_snapshot(snapshot, params: dict, check_rows=None) -> Served:
 # %% ../nbs/18_live.ipynb #c449b89a
 log = get_logger("live")
 
+def transient(error: BaseException) -> bool:
+    "Whether a failed load may pass if tried again: anything but a `BundleError` (a failed check), or one marked `transient`."
+    return not isinstance(error, BundleError) or bool(getattr(error, "transient", False))
+
 class Follower:
-    "Keeps `served` on the newest snapshot `latest()` names, loading it with `load(tag)`; refused snapshots leave the old one serving."
-    def __init__(self, served: Served, latest, load, poll_s: float, on_result=None):
+    """Keeps `served` on the newest snapshot `latest()` names, loading it with `load(tag)`; refused snapshots leave the
+    old one serving. A transient failure (`transient`) is tried again `retries` times, after `backoff_s` (default: the
+    poll interval, at least 1 s), then doubling."""
+    def __init__(self, served: Served, latest, load, poll_s: float, on_result=None, retries: int = 3,
+                 backoff_s: float | None = None):
         self.served, self.latest, self.load, self.poll_s = served, latest, load, float(poll_s)
         self.on_result = on_result or (lambda result, detail: None)
+        self.retries, self.backoff_s = int(retries), max(self.poll_s, 1.0) if backoff_s is None else float(backoff_s)
         self.refused: dict[str, str] = {}
+        self.retrying: dict[str, tuple[int, float, str]] = {}  # tag: (failed attempts, when to try again (monotonic), why)
         self.challenger_failed: dict[str, str] = {}
         self.swaps, self.last_swap_s, self.challenger_failures = 0, None, 0
         self._stop, self._thread = threading.Event(), None
 
     def check(self) -> str | None:
-        "One poll: 'swapped', 'refused', or None when there is nothing new."
+        "One poll: 'swapped', 'refused', 'retry' (a transient failure, tried again later), or None when there is nothing new."
         tag = self.latest()
         if tag is None or tag == self.served.tag or tag in self.refused: return None
+        failed, again_at, _ = self.retrying.get(tag, (0, 0.0, ""))
+        if time.monotonic() < again_at: return None
         start = time.perf_counter()
         try: new = self.load(tag)
         except Exception as e:  # sha, warm-up, anything: the old one keeps serving
-            why = " ".join(str(e).split()) or type(e).__name__
-            self.refused[tag] = why
-            log.error("model snapshot %s refused, still serving %s: %s", tag, self.served.tag or "the fallback", why)
-            self.on_result("refused", why)
-            return "refused"
+            return self._failed(tag, e, failed + 1)
+        self.retrying.clear()
         old, self.served = self.served, new
         self.swaps, self.last_swap_s = self.swaps + 1, time.perf_counter() - start
         d = new.describe()
@@ -132,6 +140,24 @@ class Follower:
             log.error("model snapshot %s: its challenger was left out, the champion serves alone: %s", tag, new.challenger_error)
             self.on_result("challenger_failed", new.challenger_error)
         return "swapped"
+
+    def _failed(self, tag: str, error: BaseException, attempts: int) -> str:
+        "Record a failed load: 'retry' (tried again after a backoff) for a transient one within `retries`, else 'refused'."
+        why = " ".join(str(error).split()) or type(error).__name__
+        serving = self.served.tag or "the fallback"
+        if transient(error) and attempts <= self.retries:
+            delay = self.backoff_s * 2 ** (attempts - 1)
+            self.retrying[tag] = (attempts, time.monotonic() + delay, why)
+            log.warning("model snapshot %s not loaded (%s: %s), still serving %s; trying again in %.1f s (retry %d of %d)",
+                        tag, type(error).__name__, why, serving, delay, attempts, self.retries)
+            self.on_result("retry", why)
+            return "retry"
+        self.retrying.pop(tag, None)
+        self.refused[tag] = why
+        log.error("model snapshot %s refused, still serving %s: %s%s", tag, serving, why,
+                  f" (after {attempts} attempts)" if attempts > 1 else "")
+        self.on_result("refused", why)
+        return "refused"
 
 # %% ../nbs/18_live.ipynb #3ad4c129
 def _follower_start(self: Follower) -> "Follower":

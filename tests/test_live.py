@@ -140,6 +140,37 @@ def test_a_challenger_that_fails_to_warm_up_leaves_the_champion_serving_alone(sm
     assert [r for r, _ in results] == ["swapped", "swapped", "challenger_failed"] and "warm-up" in results[-1][1]
 
 
+def test_a_transient_failure_is_retried_with_backoff_and_bounded(small_bundle, small_params):
+    calls, fail = [], {"flaky": 2, "gone": 99, "bad": 99}
+    def load(tag):
+        calls.append((tag, time.monotonic()))
+        if fail[tag]:
+            fail[tag] -= 1
+            if tag == "bad": raise BundleError("MANIFEST.json: sha256 0000 is not the 1234 recorded")
+            raise OSError(f"{tag}: the store is busy")
+        return served_snapshot(Snapshot(tag, small_bundle, None, {}), small_params)
+    newest, results = ["flaky"], []
+    f = Follower(Served(Scorer(None, small_params), why="none yet"), lambda: newest[0], load, 0.01, retries=3,
+                 backoff_s=0.2, on_result=lambda r, d: results.append(r))
+    assert f.check() == "retry" and f.check() is None  # within the backoff: not tried
+    until(lambda: f.check() == "swapped", timeout=5, every=0.02)
+    assert f.served.tag == "flaky" and len(calls) == 3 and results == ["retry", "retry", "swapped"] and not f.refused
+    gaps = [b[1] - a[1] for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # the backoff doubles
+    newest[0], calls[:], results[:] = "gone", [], []  # never comes back: refused after 3 retries, then never tried
+    f.backoff_s = 0.02
+    until(lambda: (f.check(), "gone" in f.refused)[1], timeout=5, every=0.01)
+    assert len(calls) == 4 and results == ["retry"] * 3 + ["refused"] and f.served.tag == "flaky"
+    for _ in range(5): assert f.check() is None
+    assert len(calls) == 4 and "busy" in f.refused["gone"]
+    newest[0], calls[:], results[:] = "bad", [], []  # a failed check is not transient: refused at once
+    assert f.check() == "refused" and f.check() is None and len(calls) == 1 and results == ["refused"]
+    from pipeline.export import bento_ref
+    with pytest.raises(BundleError) as e: bento_ref("no-such-model-here", "no-such-model-here:abc")
+    from pipeline.live import transient
+    assert transient(e.value) and transient(OSError()) and not transient(BundleError("sha"))
+
+
 # ---- one served world: an MLflow store with champion v1 (XGBoost) and challenger v2 (the baseline, passed by the gate,
 # waiting for an approval), later challenger v3 (refused by the gate)
 
