@@ -16,7 +16,8 @@ import pandas as pd
 import mlflow
 import mlflow.pyfunc
 
-from .bundle import CHALLENGER, CHAMPION, BundleError, Registry, load_bundle, resolve, verify_bundle
+from .bundle import (CHALLENGER, CHAMPION, BundleError, Registry, entry_key, keys_in_order, load_bundle, resolve,
+                             verify_bundle)
 from .core import (cli_parser, feature_columns, get_logger, in_notebook, lineage_tags, load_params, read_json,
                            read_table, repo_root, setup_mlflow, stage_cli, target_vector, write_json)
 from .core import run_cli
@@ -185,12 +186,12 @@ def approvals_required(params: dict) -> int:
 
 def approvals_of(tags: dict) -> list[dict]:
     "The approvals recorded in a model version's tags, oldest first: [{by, at, reason, who}]."
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("approval."))]
+    return [json.loads(tags[k]) for k in keys_in_order(tags, "approval")]
 
 # %% ../nbs/07_registry.ipynb #a7e10004
 def approve(reg: Registry, version: str, by: str, reason: str) -> dict:
     """Record `by`'s approval of `version`: an audit entry (action `approve`, no alias moved), then the version's tag
-    `approval.NNN`; returns {by, at, reason, who}. BundleError for an unknown version, an empty name or reason, or a
+    `approval.<UTC time>-<random>` (`entry_key`); returns {by, at, reason, who}. BundleError for an unknown version, an empty name or reason, or a
     second approval of the same version by the same person (names compared ignoring case and spacing)."""
     mv = reg.model_version(version)
     version, by, reason = str(mv.version), " ".join(str(by or "").split()), str(reason or "").strip()
@@ -200,9 +201,10 @@ def approve(reg: Registry, version: str, by: str, reason: str) -> dict:
     if (same := next((a for a in done if a["by"].casefold() == by.casefold()), None)) is not None:
         raise BundleError(f"{same['by']} already approved version {version} (at {same['at']}): an approval counts once per person, "
                           "another person must approve")
-    entry = reg.append_audit("approve", reason, version=version, by=by, approval=len(done) + 1)  # the record first
+    key = entry_key("approval")
+    entry = reg.append_audit("approve", reason, version=version, by=by, approval=key)  # the record first
     approval = {"by": by, "at": entry["at"], "reason": reason, "who": entry["who"]}
-    reg.client.set_model_version_tag(reg.name, version, f"approval.{len(done) + 1:03d}", json.dumps(approval))
+    reg.client.set_model_version_tag(reg.name, version, key, json.dumps(approval))
     return approval
 
 # %% ../nbs/07_registry.ipynb #a7e10006

@@ -420,3 +420,48 @@ def test_approve_and_promote_commands_refuse_in_one_line(approvals_store, params
     out = capsys.readouterr()
     assert "champion: version 1 -> 2" in out.out and "models/MODEL_CARD.md not rewritten" in out.err
 
+
+
+def test_concurrent_writers_lose_no_audit_entry_or_approval_and_old_keys_are_read(approvals_store, params):
+    import threading
+    from pipeline.bundle import entry_key, keys_in_order
+    reg = versions("concurrent", ["passed", "passed"], params)
+    name = reg.name
+    # entries of older code: counted keys, read first and in their order
+    reg.client.set_registered_model_tag(name, "audit.000001", json.dumps({"action": "old", "alias": None, "why": "1"}))
+    reg.client.set_model_version_tag(name, "2", "approval.001", json.dumps({"by": "Old", "at": "t", "reason": "r", "who": "old"}))
+    writers, each, start = 4, 6, threading.Barrier(4 + 3)
+    errors = []
+
+    def write(i):
+        mine = Registry(name)  # its own client, as another command would have
+        start.wait()
+        try:
+            for k in range(each): mine.append_audit("note", f"writer {i} entry {k}")
+        except Exception as e: errors.append(e)
+
+    def approving(who):
+        mine = Registry(name)
+        start.wait()
+        try: approve(mine, "2", who, "looked at it")
+        except Exception as e: errors.append(e)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)] + \
+              [threading.Thread(target=approving, args=(who,)) for who in ("Ann", "Bo", "Cy")]
+    for t in threads: t.start()
+    for t in threads: t.join(120)
+    assert not errors, errors
+    log = reg.audit_log()
+    notes = [e["why"] for e in log if e["action"] == "note"]
+    assert sorted(notes) == sorted(f"writer {i} entry {k}" for i in range(writers) for k in range(each))  # none lost
+    for i in range(writers):  # each writer's entries in the order it wrote them
+        assert [n for n in notes if n.startswith(f"writer {i} ")] == [f"writer {i} entry {k}" for k in range(each)]
+    assert log[0]["action"] == "old" and sorted(e["by"] for e in log if e["action"] == "approve") == ["Ann", "Bo", "Cy"]
+    tags = reg.model_version("2").tags
+    approvals = approvals_of(tags)
+    assert approvals[0]["by"] == "Old" and sorted(a["by"] for a in approvals[1:]) == ["Ann", "Bo", "Cy"]
+    keys = keys_in_order(reg.client.get_registered_model(name).tags, "audit")
+    assert len(keys) == len(set(keys)) == len(log) and keys[0] == "audit.000001"
+    ats = [json.loads(reg.client.get_registered_model(name).tags[k])["at"] for k in keys[1:]]
+    assert ats == sorted(ats)  # the keys sort in time order
+    a, b = entry_key("audit"), entry_key("audit")
+    assert a != b and a < b or a[:-9] == b[:-9]
