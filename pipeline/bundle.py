@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from .rules import apply_rules
 
 # %% auto #0
 __all__ = ['BUNDLE_FILES', 'MANIFEST', 'CHAMPION', 'CHALLENGER', 'BundleError', 'sha256_file', 'write_bundle', 'verify_bundle',
-           'Bundle', 'load_bundle', 'Registry', 'resolve']
+           'Bundle', 'load_bundle', 'Registry', 'entry_key', 'keys_in_order', 'resolve']
 
 # %% ../nbs/03c_bundle.ipynb #02b2c68b
 BUNDLE_FILES = ("model.joblib", "rules.json", "lineage.json")
@@ -138,17 +139,29 @@ class Registry:
         from mlflow.exceptions import MlflowException
         try: tags = self.client.get_registered_model(self.name).tags
         except MlflowException: return []
-        return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("audit."))]
+        return [json.loads(tags[k]) for k in keys_in_order(tags, "audit")]
+
+# %% ../nbs/03c_bundle.ipynb #f7566e7c
+def entry_key(prefix: str, now: datetime | None = None) -> str:
+    "A tag key `prefix.YYYYMMDDTHHMMSS.ffffffZ-<8 hex>`: the UTC time (microseconds) and a random suffix; unique, sorts in time order."
+    now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return f"{prefix}.{now:%Y%m%dT%H%M%S.%f}Z-{secrets.token_hex(4)}"
+
+def keys_in_order(tags: dict, prefix: str) -> list[str]:
+    "The keys `prefix.*` of `tags`, oldest first: counted keys of older code (`prefix.000001`) first, then timestamped ones."
+    return sorted((k for k in tags if k.startswith(prefix + ".")), key=lambda k: (not k[len(prefix) + 1:].isdigit(), k))
 
 # %% ../nbs/03c_bundle.ipynb #520eb15d
 @patch
 def append_audit(self: Registry, action: str, why: str, alias: str | None = None, old: str | None = None,
                  new: str | None = None, **extra) -> dict:
     """Append one entry {at, who, alias, from, to, action, why, **extra} to both audit logs (the registered
-    model's tag `audit.NNNNNN` and a line of `audit_path`); returns it. Moves nothing by itself."""
-    entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": getpass.getuser(),
+    model's tag `audit.<UTC time>-<random>` (`entry_key`: concurrent writers never share one) and a line of
+    `audit_path`); returns it. Moves nothing by itself."""
+    now = datetime.now(timezone.utc)
+    entry = {"at": now.isoformat(timespec="seconds"), "who": getpass.getuser(),
              "alias": alias, "from": old, "to": new, "action": action, "why": why} | extra
-    self.client.set_registered_model_tag(self.name, f"audit.{len(self.audit_log()) + 1:06d}", json.dumps(entry))
+    self.client.set_registered_model_tag(self.name, entry_key("audit", now), json.dumps(entry))
     self.audit_path.parent.mkdir(parents=True, exist_ok=True)
     with open(self.audit_path, "a") as f: f.write(json.dumps(entry) + "\n")
     return entry

@@ -28,13 +28,16 @@ def _copy_bundle(bundle: Bundle, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for f in (*BUNDLE_FILES, MANIFEST): shutil.copy(bundle.path / f, dest / f)
 
-def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, registry: str | None = None, why: str = ""):
+def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, registry: str | None = None, why: str = "",
+                 challenger_gate: str = ""):
     """Copy a verified bundle's files (and the challenger's, into `challenger/`) into a new BentoML model `name`:
-    one snapshot of the aliases. Returns its tag."""
+    one snapshot of the aliases. `challenger_gate` is the challenger's gate verdict in the registry ('passed',
+    'refused'; '' when unknown): only a 'passed' challenger may decide a canary share. Returns its tag."""
     import bentoml
     meta = {"registered_model": bundle.name or "unregistered", "version": str(bundle.version or "local"), "bundle_sha": bundle.sha,
             "challenger_version": str(challenger.version or "local") if challenger else "",
-            "challenger_sha": challenger.sha if challenger else "", "registry": registry or "", "why": why,
+            "challenger_sha": challenger.sha if challenger else "", "challenger_gate": challenger_gate if challenger else "",
+            "registry": registry or "", "why": why,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
     labels = {"version": meta["version"], "challenger": meta["challenger_version"] or "none"}
     with bentoml.models.create(name=name, labels=labels, metadata=meta) as ref:
@@ -45,32 +48,38 @@ def export_bento(bundle: Bundle, name: str, challenger: Bundle | None = None, re
 # %% ../nbs/14_export.ipynb #9d17fc45
 @dataclass
 class Snapshot:
-    "One exported alias state: its store tag, the champion's bundle, the challenger's (None without one), the metadata."
+    """One exported alias state: its store tag, the champion's bundle, the challenger's (None without one or when it
+    failed its check), the metadata, and why the snapshot's challenger was left out (None: it was not)."""
     tag: str
     champion: Bundle
     challenger: Bundle | None
     meta: dict
+    challenger_error: str | None = None
 
 def bento_ref(name: str, tag: str | None = None) -> tuple[str, Path, dict]:
-    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError when missing."
+    "The tag, folder and metadata of the BentoML model `name:tag` (default: the newest); BundleError (`transient`) when missing or unreadable."
     import bentoml
     try: ref = bentoml.models.get(f"{name}:{tag.split(':')[-1]}" if tag else name)
-    except Exception as e:
-        raise BundleError(f"no BentoML model {tag or name!r} ({type(e).__name__}); export the champion with `riskops-export`") from None
+    except Exception as e:  # not there, or the store not readable now: a follower tries it again (`transient`)
+        error = BundleError(f"no BentoML model {tag or name!r} ({type(e).__name__}); export the champion with `riskops-export`")
+        error.transient = True
+        raise error from None
     meta = dict(ref.info.metadata)
     if not meta.get("bundle_sha"):
         raise BundleError(f"BentoML model {ref.tag} has no bundle sha (exported by older code); run `riskops-export` again")
     return str(ref.tag), Path(ref.path), meta
 
 def bento_snapshot(name: str, params: dict, tag: str | None = None, with_challenger: bool = True) -> Snapshot:
-    "The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, changed or unloadable."
+    """The BentoML model `name:tag` (default: the newest), verified: BundleError when missing, or its champion changed
+    or unloadable; a challenger changed or unloadable is left out (None), its `challenger_error` saying why."""
     tag, path, meta = bento_ref(name, tag)
     champion = resolve(path, params, expected_sha=meta["bundle_sha"], name=meta.get("registered_model"), version=meta.get("version"))
-    challenger = None
+    challenger, error = None, None
     if with_challenger and meta.get("challenger_version"):
-        challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
-                             name=meta.get("registered_model"), version=meta["challenger_version"])
-    return Snapshot(tag, champion, challenger, meta)
+        try: challenger = resolve(path / CHALLENGER, params, expected_sha=meta.get("challenger_sha"),
+                                  name=meta.get("registered_model"), version=meta["challenger_version"])
+        except Exception as e: error = f"challenger version {meta['challenger_version']}: " + (" ".join(str(e).split()) or type(e).__name__)
+    return Snapshot(tag, champion, challenger, meta, error)
 
 def bento_bundle(name: str, params: dict) -> Bundle:
     "The latest BentoML model `name`'s champion as a verified bundle (BundleError when missing, changed or unloadable)."
@@ -110,6 +119,7 @@ def sync_store(reg, params: dict, why: str = "", force: bool = False) -> str:
         return f"BentoML model {name} does not follow this registry: nothing exported (`riskops-export` puts the aliases there)"
     champion = resolve(CHAMPION, params, name=reg.name)
     challenger = resolve(CHALLENGER, params, name=reg.name) if reg.alias(CHALLENGER) else None
-    tag = export_bento(champion, name, challenger, registry=rid, why=why)
+    verdict = reg.model_version(challenger.version).tags.get("gate", "") if challenger else ""
+    tag = export_bento(champion, name, challenger, registry=rid, why=why, challenger_gate=verdict)
     return f"exported champion {champion.label}" + (f" and challenger {challenger.label}" if challenger else "") + \
            f" to BentoML model {tag}"

@@ -23,7 +23,7 @@ from .scorer import Scorer, check_sample
 
 # %% auto #0
 __all__ = ['log', 'SHADOW_TABLE', 'SHADOW_COLUMNS', 'canary_key', 'canary_mask', 'Served', 'warm_up', 'served_snapshot',
-           'Follower', 'store_loader', 'decide', 'shadow_trail', 'Shadow']
+           'transient', 'Follower', 'store_loader', 'decide', 'shadow_trail', 'Shadow']
 
 # %% ../nbs/18_live.ipynb #59ef6493
 def canary_key(record: dict, id_column: str | None = None) -> str:
@@ -41,19 +41,31 @@ def canary_mask(records: list[dict], share: float, id_column: str | None = None)
 # %% ../nbs/18_live.ipynb #b68180f3
 @dataclass(frozen=True)
 class Served:
-    "The scorers that answer (champion, challenger or None), the store tag they came from, why no model is served (None: it is)."
+    """The scorers that answer (champion, challenger or None), the store tag they came from, why no model is served
+    (None: it is), the challenger's gate verdict ('passed' lets it decide a canary share), why the snapshot's
+    challenger was left out (None: it was not)."""
     champion: Scorer
     challenger: Scorer | None = None
     tag: str | None = None
     why: str | None = None
     since: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    challenger_gate: str | None = None
+    challenger_error: str | None = None
+
+    @property
+    def challenger_decides(self) -> bool:
+        "Whether the challenger may decide a canary share: there is one and its gate passed."
+        return self.challenger is not None and self.challenger_gate == "passed"
 
     def describe(self) -> dict:
-        "What /readyz says: the served version and sha, the challenger's, the snapshot tag, since when, why not a model."
+        """What /readyz says: the served version and sha, the challenger's, its gate verdict and whether it decides,
+        why a challenger was left out, the snapshot tag, since when, why not a model."""
         c, ch = self.champion.identity, self.challenger.identity if self.challenger else {}
         return {"model_name": c["model_name"], "model_version": c["model_version"], "bundle_sha": c["bundle_sha"],
                 "method": self.champion.method, "challenger_version": ch.get("model_version"),
-                "challenger_sha": ch.get("bundle_sha"), "store_tag": self.tag, "since": self.since, "why": self.why}
+                "challenger_sha": ch.get("bundle_sha"), "challenger_gate": self.challenger_gate or None,
+                "challenger_decides": self.challenger_decides, "challenger_error": self.challenger_error,
+                "store_tag": self.tag, "since": self.since, "why": self.why}
 
 # %% ../nbs/18_live.ipynb #45f73867
 def warm_up(scorer: Scorer, rows) -> None:
@@ -66,49 +78,86 @@ def warm_up(scorer: Scorer, rows) -> None:
         raise BundleError(f"{who}: warm-up answers wrong for {len(bad) or len(rows)} of {len(rows)} rows "
                           f"(e.g. risk_score {bad[0]['risk_score'] if bad else None})")
 
+def _ready_scorer(bundle, params: dict, rows) -> Scorer:
+    "A bundle's scorer, built and warmed up; BundleError naming it otherwise."
+    try: scorer = Scorer(bundle, params, rows)
+    except Exception as e: raise BundleError(f"{bundle.label}: cannot be built for scoring ({type(e).__name__}: {e})") from None
+    warm_up(scorer, rows)
+    return scorer
+
 def served_snapshot(snapshot, params: dict, check_rows=None) -> Served:
-    "Scorers for a snapshot's champion and challenger (`pipeline.export.Snapshot`), built and warmed up; BundleError when either fails."
+    """Scorers for a snapshot's champion and challenger (`pipeline.export.Snapshot`), built and warmed up: BundleError
+    when the champion fails; a challenger that fails is left out, `challenger_error` saying why."""
     rows = check_sample(params) if check_rows is None else check_rows
-    scorers = []
-    for bundle in (snapshot.champion, snapshot.challenger):
-        if bundle is None: scorers.append(None); continue
-        try: scorer = Scorer(bundle, params, rows)
-        except Exception as e: raise BundleError(f"{bundle.label}: cannot be built for scoring ({type(e).__name__}: {e})") from None
-        warm_up(scorer, rows)
-        scorers.append(scorer)
-    return Served(scorers[0], scorers[1], snapshot.tag)
+    champion, challenger, error = _ready_scorer(snapshot.champion, params, rows), None, getattr(snapshot, "challenger_error", None)
+    if snapshot.challenger is not None:
+        try: challenger = _ready_scorer(snapshot.challenger, params, rows)
+        except Exception as e: error = " ".join(str(e).split()) or type(e).__name__
+    return Served(champion, challenger, snapshot.tag, challenger_gate=(snapshot.meta or {}).get("challenger_gate") or None,
+                  challenger_error=error)
 
 # %% ../nbs/18_live.ipynb #c449b89a
 log = get_logger("live")
 
+def transient(error: BaseException) -> bool:
+    "Whether a failed load may pass if tried again: anything but a `BundleError` (a failed check), or one marked `transient`."
+    return not isinstance(error, BundleError) or bool(getattr(error, "transient", False))
+
 class Follower:
-    "Keeps `served` on the newest snapshot `latest()` names, loading it with `load(tag)`; refused snapshots leave the old one serving."
-    def __init__(self, served: Served, latest, load, poll_s: float, on_result=None):
+    """Keeps `served` on the newest snapshot `latest()` names, loading it with `load(tag)`; refused snapshots leave the
+    old one serving. A transient failure (`transient`) is tried again `retries` times, after `backoff_s` (default: the
+    poll interval, at least 1 s), then doubling."""
+    def __init__(self, served: Served, latest, load, poll_s: float, on_result=None, retries: int = 3,
+                 backoff_s: float | None = None):
         self.served, self.latest, self.load, self.poll_s = served, latest, load, float(poll_s)
         self.on_result = on_result or (lambda result, detail: None)
+        self.retries, self.backoff_s = int(retries), max(self.poll_s, 1.0) if backoff_s is None else float(backoff_s)
         self.refused: dict[str, str] = {}
-        self.swaps, self.last_swap_s = 0, None
+        self.retrying: dict[str, tuple[int, float, str]] = {}  # tag: (failed attempts, when to try again (monotonic), why)
+        self.challenger_failed: dict[str, str] = {}
+        self.swaps, self.last_swap_s, self.challenger_failures = 0, None, 0
         self._stop, self._thread = threading.Event(), None
 
     def check(self) -> str | None:
-        "One poll: 'swapped', 'refused', or None when there is nothing new."
+        "One poll: 'swapped', 'refused', 'retry' (a transient failure, tried again later), or None when there is nothing new."
         tag = self.latest()
         if tag is None or tag == self.served.tag or tag in self.refused: return None
+        failed, again_at, _ = self.retrying.get(tag, (0, 0.0, ""))
+        if time.monotonic() < again_at: return None
         start = time.perf_counter()
         try: new = self.load(tag)
         except Exception as e:  # sha, warm-up, anything: the old one keeps serving
-            why = " ".join(str(e).split()) or type(e).__name__
-            self.refused[tag] = why
-            log.error("model snapshot %s refused, still serving %s: %s", tag, self.served.tag or "the fallback", why)
-            self.on_result("refused", why)
-            return "refused"
+            return self._failed(tag, e, failed + 1)
+        self.retrying.clear()
         old, self.served = self.served, new
         self.swaps, self.last_swap_s = self.swaps + 1, time.perf_counter() - start
         d = new.describe()
         log.info("model snapshot %s swapped in after %.2f s (loaded and checked): version %s (sha %s), challenger %s; was %s",
                  tag, self.last_swap_s, d["model_version"], d["bundle_sha"][:12], d["challenger_version"], old.tag or "the fallback")
         self.on_result("swapped", new)
+        if new.challenger_error:
+            self.challenger_failed[tag], self.challenger_failures = new.challenger_error, self.challenger_failures + 1
+            log.error("model snapshot %s: its challenger was left out, the champion serves alone: %s", tag, new.challenger_error)
+            self.on_result("challenger_failed", new.challenger_error)
         return "swapped"
+
+    def _failed(self, tag: str, error: BaseException, attempts: int) -> str:
+        "Record a failed load: 'retry' (tried again after a backoff) for a transient one within `retries`, else 'refused'."
+        why = " ".join(str(error).split()) or type(error).__name__
+        serving = self.served.tag or "the fallback"
+        if transient(error) and attempts <= self.retries:
+            delay = self.backoff_s * 2 ** (attempts - 1)
+            self.retrying[tag] = (attempts, time.monotonic() + delay, why)
+            log.warning("model snapshot %s not loaded (%s: %s), still serving %s; trying again in %.1f s (retry %d of %d)",
+                        tag, type(error).__name__, why, serving, delay, attempts, self.retries)
+            self.on_result("retry", why)
+            return "retry"
+        self.retrying.pop(tag, None)
+        self.refused[tag] = why
+        log.error("model snapshot %s refused, still serving %s: %s%s", tag, serving, why,
+                  f" (after {attempts} attempts)" if attempts > 1 else "")
+        self.on_result("refused", why)
+        return "refused"
 
 # %% ../nbs/18_live.ipynb #3ad4c129
 def _follower_start(self: Follower) -> "Follower":
@@ -139,13 +188,15 @@ def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
     def load(tag: str) -> Served:
         tag, path, meta = bento_ref(name, tag)
         key = tuple(str(meta.get(k) or "") for k in ("registered_model", "version", "bundle_sha", "challenger_version", "challenger_sha"))
-        if key in recent:  # the same models: check the files, keep the scorers
+        old = recent.pop(key, None)
+        if old is not None:  # the same models: check the files, keep the scorers
             verify_bundle(path, meta["bundle_sha"])
-            if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
-            old = recent.pop(key)
-            served = Served(old.champion, old.challenger, tag)
+            try:
+                if key[3]: verify_bundle(path / CHALLENGER, meta["challenger_sha"])
+            except BundleError: old = None  # loaded again below: the champion alone, the challenger's error said
+        if old is not None: served = Served(old.champion, old.challenger, tag, challenger_gate=meta.get("challenger_gate") or None)
         else: served = served_snapshot(bento_snapshot(name, params, tag), params, rows)
-        recent[key] = served
+        if served.challenger_error is None: recent[key] = served
         while len(recent) > keep: recent.pop(next(iter(recent)))
         return served
     return load
@@ -153,8 +204,9 @@ def store_loader(name: str, params: dict, check_rows=None, keep: int = 2):
 # %% ../nbs/18_live.ipynb #b7431f03
 def decide(served: Served, records: list[dict], share: float, id_column: str | None = None,
            how: str = "answers") -> tuple[list[dict], np.ndarray]:
-    "Each record's answer (n) from the challenger for the canary share, else the champion; and the canary mask (n,)."
-    canary = canary_mask(records, share, id_column) if served.challenger is not None else np.zeros(len(records), bool)
+    """Each record's answer (n) from the challenger for the canary share when it may decide (its gate passed), else
+    the champion; and the canary mask (n,), all false when the challenger may not decide."""
+    canary = canary_mask(records, share, id_column) if served.challenger_decides else np.zeros(len(records), bool)
     if not canary.any(): return getattr(served.champion, how)(records), canary
     out = [None] * len(records)
     for scorer, side in ((served.champion, ~canary), (served.challenger, canary)):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import os
 import sys
@@ -16,7 +17,8 @@ import pandas as pd
 import mlflow
 import mlflow.pyfunc
 
-from .bundle import CHALLENGER, CHAMPION, BundleError, Registry, load_bundle, resolve, verify_bundle
+from .bundle import (CHALLENGER, CHAMPION, BundleError, Registry, entry_key, keys_in_order, load_bundle, resolve,
+                             verify_bundle)
 from .core import (cli_parser, feature_columns, get_logger, in_notebook, lineage_tags, load_params, read_json,
                            read_table, repo_root, setup_mlflow, stage_cli, target_vector, write_json)
 from .core import run_cli
@@ -26,10 +28,10 @@ from .featurize import engineered_features
 # %% auto #0
 __all__ = ['UNASSESSABLE', 'RUNTIME_PACKAGES', 'SCHEMA_KEYS', 'unassessable', 'criterion', 'gini_gain_criterion',
            'fairness_reason', 'gate', 'gate_summary', 'versions_table', 'BundlePyfunc', 'pinned', 'log_bundle',
-           'compare_with_champion', 'approvals_required', 'approvals_of', 'approve', 'promote_on_gate',
-           'register_candidate', 'promotion_refusal', 'promote', 'rollback', 'fairness_section', 'approvals_section',
-           'promotion_entry', 'card_info', 'model_card', 'write_card', 'main', 'list_cli', 'approve_cli', 'promote_cli',
-           'rollback_cli', 'export_cli']
+           'compare_with_champion', 'approvals_required', 'counted_approvals', 'approvals_of', 'approve',
+           'promote_on_gate', 'register_candidate', 'promotion_refusal', 'promote', 'rollback', 'fairness_section',
+           'approvals_section', 'promotion_entry', 'card_info', 'model_card', 'write_card', 'main', 'list_cli',
+           'approve_cli', 'promote_cli', 'rollback_cli', 'export_cli']
 
 # %% ../nbs/07_registry.ipynb #e71334c3
 UNASSESSABLE = ("refuse", "warn")
@@ -183,26 +185,45 @@ def approvals_required(params: dict) -> int:
     "`register.approvals_required`: approvals by different people a version needs before `promote` (1 when absent)."
     return int(params["register"].get("approvals_required", 1))
 
+def counted_approvals(approvals: list[dict]) -> list[dict]:
+    "The approvals that count towards `approvals_required`: each by a name and an account not seen before it, or forced."
+    out, names, accounts = [], set(), set()
+    for a in approvals:
+        name, account = " ".join(str(a.get("by", "")).split()).casefold(), a.get("who")
+        if a.get("forced") or (name not in names and account not in accounts): out.append(a)
+        names.add(name); accounts.add(account)
+    return out
+
 def approvals_of(tags: dict) -> list[dict]:
     "The approvals recorded in a model version's tags, oldest first: [{by, at, reason, who}]."
-    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith("approval."))]
+    return [json.loads(tags[k]) for k in keys_in_order(tags, "approval")]
 
 # %% ../nbs/07_registry.ipynb #a7e10004
-def approve(reg: Registry, version: str, by: str, reason: str) -> dict:
+def approve(reg: Registry, version: str, by: str, reason: str, force: bool = False) -> dict:
     """Record `by`'s approval of `version`: an audit entry (action `approve`, no alias moved), then the version's tag
-    `approval.NNN`; returns {by, at, reason, who}. BundleError for an unknown version, an empty name or reason, or a
-    second approval of the same version by the same person (names compared ignoring case and spacing)."""
+    `approval.<UTC time>-<random>` (`entry_key`); returns {by, at, reason, who}. BundleError for an unknown version, an empty name or reason, or a
+    second approval of the same version by the same name (compared ignoring case and spacing) or from the same account
+    (the one running this: `getpass.getuser()`); `force` records that one anyway, with `forced: true` and what it
+    bypassed in the approval and its audit entry."""
     mv = reg.model_version(version)
     version, by, reason = str(mv.version), " ".join(str(by or "").split()), str(reason or "").strip()
     if not by: raise BundleError("--by is empty: name the person who approves")
     if not reason: raise BundleError(f"--reason is empty: say why version {version} may become champion (kept with the approval)")
-    done = approvals_of(mv.tags)
+    done, account = approvals_of(mv.tags), getpass.getuser()
+    bypassed = []
     if (same := next((a for a in done if a["by"].casefold() == by.casefold()), None)) is not None:
-        raise BundleError(f"{same['by']} already approved version {version} (at {same['at']}): an approval counts once per person, "
-                          "another person must approve")
-    entry = reg.append_audit("approve", reason, version=version, by=by, approval=len(done) + 1)  # the record first
-    approval = {"by": by, "at": entry["at"], "reason": reason, "who": entry["who"]}
-    reg.client.set_model_version_tag(reg.name, version, f"approval.{len(done) + 1:03d}", json.dumps(approval))
+        if not force: raise BundleError(f"{same['by']} already approved version {version} (at {same['at']}): an approval counts "
+                                        "once per person, another person must approve (or record it with --force, audited)")
+        bypassed.append(f"{same['by']} already approved")
+    elif (same := next((a for a in done if a.get("who") == account), None)) is not None:
+        if not force: raise BundleError(f"the account {account!r} already approved version {version} (as {same['by']}, at "
+                                        f"{same['at']}): two approvals need two different accounts and names; approve from "
+                                        "another account (or record it with --force, audited)")
+        bypassed.append(f"the account {account!r} already approved (as {same['by']})")
+    key, forced = entry_key("approval"), {"forced": True, "bypassed": bypassed} if bypassed else {}
+    entry = reg.append_audit("approve", reason, version=version, by=by, approval=key, **forced)  # the record first
+    approval = {"by": by, "at": entry["at"], "reason": reason, "who": entry["who"]} | forced
+    reg.client.set_model_version_tag(reg.name, version, key, json.dumps(approval))
     return approval
 
 # %% ../nbs/07_registry.ipynb #a7e10006
@@ -261,14 +282,14 @@ def promotion_refusal(version: str, gate_verdict: str, approved: int, required: 
     if gate_verdict != "passed": why.append(f"did not pass the gate ({gate_verdict})")
     if approved < required:
         why.append(f"has {approved} of the {required} approvals register.approvals_required asks for")
-        fix.append(f"record one with `riskops-approve {version} --by NAME --reason '...'` (each by a different person)")
+        fix.append(f"record one with `riskops-approve {version} --by NAME --reason '...'` (each by a different person and account)")
     fix.append("promote it anyway with --force --reason '...' (audited as a forced promotion)")
     return f"version {version} {' and '.join(why)}; {', or '.join(fix)}"
 
 # %% ../nbs/07_registry.ipynb #922f404d
 def promote(reg: Registry, version: str, why: str, force: bool = False, required: int = 1) -> dict:
     """Make `version` champion; it must have passed the gate and have `required` approvals (`approve`) by different
-    people. `force` bypasses either check: the audit entry (action `forced-promote`) then says `forced: true` and lists
+    names and accounts (`counted_approvals`). `force` bypasses either check: the audit entry (action `forced-promote`) then says `forced: true` and lists
     what it bypassed (`--force` with nothing to bypass is an ordinary promotion). Always refused (BundleError): an
     unknown version, the current champion, a version without a bundle. Returns the audit entry."""
     if not str(why or "").strip(): raise BundleError("--reason is empty: say why the version becomes champion (kept in the audit log)")
@@ -276,7 +297,7 @@ def promote(reg: Registry, version: str, why: str, force: bool = False, required
     version = str(mv.version)
     if reg.alias(CHAMPION) == version: raise BundleError(f"version {version} is already the champion: nothing to promote")
     if not mv.tags.get("bundle_sha"): raise BundleError(f"version {version} has no model bundle (registered by older code); it cannot be served")
-    recorded, verdict = approvals_of(mv.tags), mv.tags.get("gate", "no verdict")
+    recorded, verdict = counted_approvals(approvals_of(mv.tags)), mv.tags.get("gate", "no verdict")
     bypassed = ([f"gate ({verdict})"] if verdict != "passed" else []) + (
         [f"approvals ({len(recorded)} of {required} recorded)"] if len(recorded) < required else [])
     if bypassed and not force: raise BundleError(promotion_refusal(version, verdict, len(recorded), required))
@@ -513,16 +534,18 @@ def list_cli(argv=None) -> int:
 def approve_cli(argv=None) -> int:
     "riskops-approve: record a person's approval of a version (riskops-promote needs register.approvals_required of them)."
     p = cli_parser("Record an approval of a registered version; riskops-promote needs register.approvals_required "
-                   "approvals by different people. One approval per person and version.")
+                   "approvals by different people (different names and accounts). One approval per person and version.")
     p.add_argument("version", help="version number to approve (usually the challenger)")
     p.add_argument("--by", required=True, help="who approves (a name, kept with the approval)")
     p.add_argument("--reason", required=True, help="why the version may become champion (kept in the audit log)")
+    p.add_argument("--force", action="store_true", help="record it even though this name or this account already approved "
+                                                        "the version (audited as forced, with what it bypassed)")
     args = p.parse_args(argv)
     reg, params = _registry(args)
     def run():
-        approve(reg, args.version, args.by, args.reason)
+        approve(reg, args.version, args.by, args.reason, args.force)
         version, required = str(reg.model_version(args.version).version), approvals_required(params)
-        n, champion = len(approvals_of(reg.model_version(version).tags)), reg.alias(CHAMPION) == version
+        n, champion = len(counted_approvals(approvals_of(reg.model_version(version).tags))), reg.alias(CHAMPION) == version
         if champion: _card(reg, params)
         ready = "" if champion or n < required else f"; promote it with `riskops-promote {version} --reason '...'`"
         return f"version {version}: approved by {' '.join(args.by.split())}, {n} of {required} approvals recorded{ready}"
@@ -573,7 +596,9 @@ def export_cli(argv=None) -> int:
     def export():
         if args.ref is None and args.challenger is None: return sync_store(reg, params, "riskops-export", force=True)
         bundle, other = resolve(args.ref or CHAMPION, params), resolve(args.challenger, params) if args.challenger else None
-        tag = export_bento(bundle, params["register"]["bento_model"], other, why="riskops-export (pinned)")
+        # a registered challenger carries its gate verdict (only 'passed' decides a canary share); a folder has none
+        verdict = reg.model_version(other.version).tags.get("gate", "") if other is not None and other.version else ""
+        tag = export_bento(bundle, params["register"]["bento_model"], other, why="riskops-export (pinned)", challenger_gate=verdict)
         return f"exported {bundle.label}" + (f" with challenger {other.label}" if other else "") + f" to BentoML model {tag}"
     return _one_line("riskops-export", export)
 

@@ -24,15 +24,17 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_expone
 
 from .audit import (audit_engine, audit_records, audit_table, audit_url, insert_ignoring_duplicates, is_transient,
                             personal_policy, to_json)
-from .bundle import resolve
-from .core import cli_parser, get_logger, in_notebook, load_params
+from .bundle import Registry, resolve
+from .core import cli_parser, get_logger, in_notebook, load_params, tracking_uri
+from .export import Snapshot
+from .live import Follower, served_snapshot
 from .request import RequestId, applicant_model, invalid_rows
 from .scorer import Scorer, check_sample
 
 # %% auto #0
 __all__ = ['EVENT_ID', 'CLAIMS_TABLE', 'event_model', 'Parsed', 'parse_event', 'score_events', 'dead_letter', 'claims_table',
            'Claims', 'published_keys', 'StreamScorer', 'batch_offsets', 'process_id', 'topic_ends', 'run_stream',
-           'main']
+           'model_follower', 'main']
 
 # %% ../nbs/20_stream.ipynb #e9e1dc8f
 def event_model(params: dict, Applicant: type[BaseModel] | None = None) -> type[BaseModel]:
@@ -190,10 +192,13 @@ async def published_keys(consumer, topic: str, scan_from: dict[int, int], keys: 
 
 # %% ../nbs/20_stream.ipynb #e8b2b113
 class StreamScorer:
-    "Answers or dead-letters each event of a batch exactly once, through `claims`, `publish` and `scan` (see above)."
-    def __init__(self, scorer: Scorer, params: dict, claims: Claims, publish, scan, floors: dict[str, dict[int, int]]):
+    """Answers or dead-letters each event of a batch exactly once, through `claims`, `publish` and `scan` (see above).
+    With a `follower` (`pipeline.live.Follower`), each batch is scored by the model it serves at the batch's start."""
+    def __init__(self, scorer: Scorer, params: dict, claims: Claims, publish, scan, floors: dict[str, dict[int, int]],
+                 follower: Follower | None = None):
         s = params["stream"]
         self.scorer, self.params, self.claims, self.publish, self.scan = scorer, params, claims, publish, scan
+        self.follower = follower
         self.topics = {"answer": s["output_topic"], "dead_letter": s["dead_letter_topic"]}
         self.floors = floors  # topic -> partition -> an offset at or below the topic's end when a claim is made
         self.claim_timeout_s, self.full_validation = s["claim_timeout_s"], params["serve"].get("full_validation")
@@ -221,8 +226,9 @@ def parse(self: StreamScorer, records) -> tuple[list[Parsed], int]:
 
 @patch
 def prepare(self: StreamScorer, events: list[Parsed]) -> list[dict]:
-    "Answers (with audit records) for the valid events, dead letters for the others."
-    return score_events(self.scorer, [e for e in events if e.applicant is not None], self.personal) + \
+    "Answers (with audit records) for the valid events, dead letters for the others; one model for all of them."
+    scorer = self.follower.served.champion if self.follower is not None else self.scorer  # read once: a swap waits for the next batch
+    return score_events(scorer, [e for e in events if e.applicant is not None], self.personal) + \
            [dead_letter(e) for e in events if e.applicant is None]
 
 # %% ../nbs/20_stream.ipynb #cdb35de2
@@ -307,9 +313,10 @@ async def topic_ends(consumer, topics) -> dict[str, dict[int, int]]:
     return out
 
 # %% ../nbs/20_stream.ipynb #0f1656e9
-async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | None = None) -> dict:
+async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | None = None, follower: Follower | None = None) -> dict:
     """Consume `stream.input_topic` until `stop` is set (SIGTERM/SIGINT set it when None is given), answering each event
-    once; returns the totals. Raises LookupError for a missing topic, aiokafka's KafkaError when Kafka cannot be reached."""
+    once with `bundle`, or with the model `follower` serves (started here, stopped at the end: `model_follower`);
+    returns the totals. Raises LookupError for a missing topic, aiokafka's KafkaError when Kafka cannot be reached."""
     from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
     from faststream import AckPolicy
     from faststream.kafka import KafkaBroker
@@ -322,7 +329,7 @@ async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | N
     try:
         await reader.start()
         ends = await topic_ends(reader, [s["input_topic"], s["output_topic"], s["dead_letter_topic"]])  # all three exist
-        scorer = Scorer(bundle, params, check_sample(params))
+        scorer = follower.served.champion if follower is not None else Scorer(bundle, params, check_sample(params))
         claims = Claims(audit_url(params), process_id())
         broker = KafkaBroker(brokers, acks="all", graceful_timeout=s["shutdown_timeout_s"], client_id="riskops-stream",
                              logger=get_logger("stream.faststream"), log_level=logging.DEBUG)
@@ -331,7 +338,8 @@ async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | N
                                          no_confirm=True) for topic, key, body in items]
             return [(m.topic, m.partition, m.offset) for m in await asyncio.gather(*sent)]
         scan = lambda topic, start, keys: published_keys(reader, topic, start, keys)
-        stream = StreamScorer(scorer, params, claims, publish, scan, {t: ends[t] for t in (s["output_topic"], s["dead_letter_topic"])})
+        stream = StreamScorer(scorer, params, claims, publish, scan, {t: ends[t] for t in (s["output_topic"], s["dead_letter_topic"])},
+                              follower)
         lock = asyncio.Lock()
 
         class FinishBatchFirst(ConsumerRebalanceListener):
@@ -361,13 +369,18 @@ async def run_stream(params: dict, bundle, brokers: str, stop: asyncio.Event | N
                     "batch of %d: %s", len(records), ", ".join(f"{k} {v}" for k, v in n.items() if v))
 
         await broker.start()
-        log.info("consuming %s as group %s with %s; answers to %s, dead letters to %s", s["input_topic"], s["group"],
-                 bundle.label, s["output_topic"], s["dead_letter_topic"])
+        if follower is not None: follower.start()
+        who = scorer.identity
+        log.info("consuming %s as group %s with %s v%s (sha %s)%s; answers to %s, dead letters to %s", s["input_topic"], s["group"],
+                 who["model_name"], who["model_version"], who["bundle_sha"][:12],
+                 f", following {follower.served.tag} every {follower.poll_s:g} s" if follower is not None and follower.poll_s else "",
+                 s["output_topic"], s["dead_letter_topic"])
         await stop.wait()
         log.info("stopping: finishing the batch in hand")
         await broker.stop()
         return stream.totals
     finally:
+        if follower is not None: follower.stop()
         try: await reader.stop()
         except asyncio.CancelledError: pass  # aiokafka's group-less consumer may cancel its own idle task on stop
         if claims is not None: claims.close()
@@ -377,6 +390,32 @@ def _stop_on_signals() -> asyncio.Event:
     stop, loop = asyncio.Event(), asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT): loop.add_signal_handler(sig, stop.set)
     return stop
+
+# %% ../nbs/20_stream.ipynb #f57245d4
+def model_follower(ref: str, params: dict, poll_s: float, check_rows=None) -> Follower:
+    """A `Follower` serving the model `ref` names (an alias, a version or a bundle folder), resolved and checked now
+    (BundleError when it cannot be); for an alias, tags `ref@version` polled from the registry every `poll_s` (start it
+    with `.start()`); for a version or a folder, nothing to follow (its poll interval is 0)."""
+    rows = check_sample(params) if check_rows is None else check_rows
+    ref = str(ref)
+    alias = not ref.isdigit() and os.sep not in ref and not os.path.isdir(ref)  # as `resolve` tells them apart
+    bundle = resolve(ref, params)
+    tag = f"{ref}@{bundle.version}" if alias else ref
+    served = served_snapshot(Snapshot(tag, bundle, None, {}), params, rows)
+    if not alias: return Follower(served, lambda: tag, lambda t: served, 0)
+    reg = Registry(params["mlflow"]["registered_model"], uri=tracking_uri(params))
+
+    def latest() -> str | None:
+        try: version = reg.alias(ref)
+        except Exception: return None  # the registry cannot be read now: asked again at the next poll
+        return None if version is None else f"{ref}@{version}"
+
+    def load(tag: str):
+        found = resolve(ref, params)  # verified by sha, the alias checked against the audit log
+        if str(found.version) != tag.rsplit("@", 1)[1]:
+            raise OSError(f"the {ref} alias moved again while {tag} was loaded (now version {found.version})")  # tried again
+        return served_snapshot(Snapshot(tag, found, None, {}), params, rows)
+    return Follower(served, latest, load, poll_s)
 
 # %% ../nbs/20_stream.ipynb #a61e1422
 def main(argv=None) -> int:
@@ -391,8 +430,8 @@ def main(argv=None) -> int:
     s = params["stream"]
     brokers = args.brokers or os.environ.get("RISK_STREAM_BROKERS") or ",".join(s["brokers"])
     try:
-        bundle = resolve(args.model or s["model"], params)
-        totals = asyncio.run(run_stream(params, bundle, brokers))
+        follower = model_follower(args.model or s["model"], params, params["serve"].get("follow_poll_s", 5.0))
+        totals = asyncio.run(run_stream(params, None, brokers, follower=follower))
     except (ValueError, LookupError, KafkaError) as e:  # BundleError is a ValueError
         log.error("%s", str(e).splitlines()[0] if str(e) else type(e).__name__)
         return 2

@@ -23,7 +23,7 @@ import yaml
 
 from pipeline.bundle import BundleError, load_bundle
 from pipeline.export import Snapshot
-from pipeline.live import Follower, Served, canary_mask, served_snapshot
+from pipeline.live import Follower, Served, Shadow, canary_mask, decide, served_snapshot, store_loader
 from pipeline.request import applicant_model
 from pipeline.scorer import Scorer, check_sample
 from tests.conftest import BIN, ROOT, deep_merge
@@ -70,7 +70,109 @@ def test_follower_refuses_a_bad_snapshot_once_and_keeps_serving(small_bundle, sm
     assert results == ["swapped", "refused", "refused"]
 
 
-# ---- one served world: an MLflow store with champion v1 (XGBoost) and challenger v2 (the baseline, refused by the gate)
+class Trail:
+    "An audit trail that keeps what it is given."
+    def __init__(self): self.records = []
+    def write(self, records): self.records += records
+    def close(self, timeout=None): return True
+
+
+@pytest.mark.parametrize("gate", ["refused", None, "", "no verdict"])
+def test_a_challenger_whose_gate_did_not_pass_never_decides_but_is_shadowed(small_bundle, small_params, small_splits, gate):
+    rows = small_splits["test"].drop(columns=small_params["data"]["target"]).head(200).to_dict("records")
+    champion, challenger = Scorer(small_bundle, small_params), Scorer(None, small_params)  # the heuristic as the challenger
+    passed = Served(champion, challenger, "t", challenger_gate="passed")
+    answers, canary = decide(passed, rows, 0.5)
+    assert 0.3 < canary.mean() < 0.7 and {a["model_version"] for a in answers} == {"heuristic", "local"}  # it can decide
+    other = dataclasses.replace(passed, challenger_gate=gate)
+    assert not other.challenger_decides and other.describe()["challenger_decides"] is False
+    for share in (0.5, 0.999999):
+        for how in ("answers", "explain"):
+            answers, canary = decide(other, rows[:20] if how == "explain" else rows, share, how=how)
+            assert not canary.any() and {a["model_version"] for a in answers} == {"local"}
+    # the shadow scores the refused challenger for every applicant, in its role
+    shadow = Shadow(Trail(), window_s=0)
+    answers, canary = decide(other, rows, 0.5)
+    shadow.submit(other, "score", [(f"r{i}", 0, r, bool(c), "2026-11-30T00:00:00Z") for i, (r, c) in enumerate(zip(rows, canary))])
+    assert shadow.close()
+    assert len(shadow.trail.records) == len(rows) and {(r["model_version"], r["role"]) for r in shadow.trail.records} == {("heuristic", "challenger")}
+
+
+def test_a_snapshot_records_the_challengers_gate_and_a_broken_challenger_is_left_out(small_bundle, small_params, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+    monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "True")
+    code = ("import dataclasses, sys; from pipeline.bundle import load_bundle; from pipeline.export import export_bento; "
+            "b = load_bundle(sys.argv[1]); c = dataclasses.replace(b, version='2'); "
+            "print(export_bento(b, 'm', c, challenger_gate='refused')); print(export_bento(b, 'm', c, challenger_gate='passed')); "
+            "print(export_bento(b, 'm', dataclasses.replace(c, sha='0' * 64), challenger_gate='passed'))")
+    made = subprocess.run([sys.executable, "-c", code, str(small_bundle.path)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"})
+    assert made.returncode == 0, made.stderr[-2000:]
+    refused, passed, broken = made.stdout.split()
+    load, rows = store_loader("m", small_params), check_sample(small_params).to_dict("records")
+    s = load(refused)
+    assert s.challenger is not None and s.challenger_gate == "refused" and not s.challenger_decides and s.challenger_error is None
+    s = load(passed)  # the same models: the scorers reused, the verdict the new snapshot's
+    assert s.challenger_decides and s.describe()["challenger_gate"] == "passed"
+    s = load(broken)  # the champion is served alone, and why is said
+    assert s.challenger is None and not s.challenger_decides and "MANIFEST.json: sha256" in s.challenger_error
+    assert s.describe()["challenger_error"] == s.challenger_error and s.describe()["model_version"] == "local"
+    assert decide(s, rows, 0.9)[1].sum() == 0
+
+
+def test_a_challenger_that_fails_to_warm_up_leaves_the_champion_serving_alone(small_bundle, small_params):
+    broken = copy.copy(small_bundle.model)
+    broken.calibrated = NaNCalibrated(small_bundle.model.calibrated)
+    bad = dataclasses.replace(small_bundle, model=broken, version="2")
+    snapshots = {"one": Snapshot("one", small_bundle, None, {}),
+                 "rollback": Snapshot("rollback", dataclasses.replace(small_bundle, version="0"), bad, {"challenger_gate": "passed"})}
+    results = []
+    f = Follower(Served(Scorer(None, small_params), why="none yet"), lambda: newest[0],
+                 lambda tag: served_snapshot(snapshots[tag], small_params), POLL_S, on_result=lambda r, d: results.append((r, d)))
+    newest = ["one"]
+    assert f.check() == "swapped"
+    newest[0] = "rollback"  # a champion update whose challenger cannot warm up: the champion swaps in, alone
+    assert f.check() == "swapped" and f.check() is None
+    assert f.served.tag == "rollback" and f.served.champion.identity["model_version"] == "0" and f.served.challenger is None
+    assert "warm-up answers wrong" in f.served.challenger_error and f.served.describe()["challenger_error"] == f.served.challenger_error
+    assert f.challenger_failures == 1 and "warm-up answers wrong" in f.challenger_failed["rollback"] and not f.refused
+    assert [r for r, _ in results] == ["swapped", "swapped", "challenger_failed"] and "warm-up" in results[-1][1]
+
+
+def test_a_transient_failure_is_retried_with_backoff_and_bounded(small_bundle, small_params):
+    calls, fail = [], {"flaky": 2, "gone": 99, "bad": 99}
+    def load(tag):
+        calls.append((tag, time.monotonic()))
+        if fail[tag]:
+            fail[tag] -= 1
+            if tag == "bad": raise BundleError("MANIFEST.json: sha256 0000 is not the 1234 recorded")
+            raise OSError(f"{tag}: the store is busy")
+        return served_snapshot(Snapshot(tag, small_bundle, None, {}), small_params)
+    newest, results = ["flaky"], []
+    f = Follower(Served(Scorer(None, small_params), why="none yet"), lambda: newest[0], load, 0.01, retries=3,
+                 backoff_s=0.2, on_result=lambda r, d: results.append(r))
+    assert f.check() == "retry" and f.check() is None  # within the backoff: not tried
+    until(lambda: f.check() == "swapped", timeout=5, every=0.02)
+    assert f.served.tag == "flaky" and len(calls) == 3 and results == ["retry", "retry", "swapped"] and not f.refused
+    gaps = [b[1] - a[1] for a, b in zip(calls, calls[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4  # the backoff doubles
+    newest[0], calls[:], results[:] = "gone", [], []  # never comes back: refused after 3 retries, then never tried
+    f.backoff_s = 0.02
+    until(lambda: (f.check(), "gone" in f.refused)[1], timeout=5, every=0.01)
+    assert len(calls) == 4 and results == ["retry"] * 3 + ["refused"] and f.served.tag == "flaky"
+    for _ in range(5): assert f.check() is None
+    assert len(calls) == 4 and "busy" in f.refused["gone"]
+    newest[0], calls[:], results[:] = "bad", [], []  # a failed check is not transient: refused at once
+    assert f.check() == "refused" and f.check() is None and len(calls) == 1 and results == ["refused"]
+    from pipeline.export import bento_ref
+    with pytest.raises(BundleError) as e: bento_ref("no-such-model-here", "no-such-model-here:abc")
+    from pipeline.live import transient
+    assert transient(e.value) and transient(OSError()) and not transient(BundleError("sha"))
+
+
+# ---- one served world: an MLflow store with champion v1 (XGBoost) and challenger v2 (the baseline, passed by the gate,
+# waiting for an approval), later challenger v3 (refused by the gate)
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, small_trained, small_splits, small_params):
@@ -90,15 +192,15 @@ def world(tmp_path_factory, small_trained, small_splits, small_params):
         srv = Server(tmp / "bentoml", tmp / "params.yaml", tmp / "audit.sqlite", token=None)
         models = small_trained["models"]
         v1 = register((p, tmp, env), models["xgboost"], models["baseline"], small_splits, "xgboost")
-        shut = deep_merge(p, {"register": {"min_auc": 1.01}})  # v2 stays challenger
-        v2 = register((shut, tmp, env), models["baseline"], models["baseline"], small_splits, "baseline")
+        wait = deep_merge(p, {"register": {"approvals_required": 1}})  # v2 passes the gate and stays challenger
+        v2 = register((wait, tmp, env), models["baseline"], models["baseline"], small_splits, "baseline")
         name = p["mlflow"]["registered_model"]
         bundles = {v1: dataclasses.replace(load_bundle(tmp / "xgboost"), name=name, version=v1),
                    v2: dataclasses.replace(load_bundle(tmp / "baseline"), name=name, version=v2)}
         out = cli(tmp, env, "riskops-export")
         assert f"v{v1} (sha" in out.stdout and f"challenger {name} v{v2}" in out.stdout, out.stdout
         assert srv.wait("/readyz"), Path(srv.log.name).read_text()[-3000:]  # ready: the export was swapped in
-        yield {"p": p, "tmp": tmp, "env": env, "v1": v1, "v2": v2, "bundles": bundles, "srv": srv,
+        yield {"p": p, "tmp": tmp, "env": env, "v1": v1, "v2": v2, "bundles": bundles, "srv": srv, "models": models,
                "url": f"sqlite:///{tmp / 'audit.sqlite'}"}
     finally:
         if srv is not None: srv.stop()
@@ -155,6 +257,7 @@ def test_canary_answers_name_the_deciding_version_and_shadow_audits_both(world, 
     v1, v2, p = w["v1"], w["v2"], w["p"]
     d = ready(srv)
     assert (d["model_version"], d["challenger_version"], d["shadow"], d["canary_share"]) == (v1, v2, True, SHARE), d
+    assert (d["challenger_gate"], d["challenger_decides"], d["challenger_error"]) == ("passed", True, None), d
     assert d["bundle_sha"] == w["bundles"][v1].sha and d["challenger_sha"] == w["bundles"][v2].sha
     rows = small_splits["test"].drop(columns=small_params["data"]["target"]).head(120)
     recs = _records(rows)
@@ -327,3 +430,59 @@ def test_a_bad_snapshot_is_refused_counted_and_the_old_one_keeps_serving(world, 
     assert r.status_code == 200 and {a["model_version"] for a in r.json()} <= {current, w["v2"]}
     log = Path(srv.log.name).read_text()
     assert "refused, still serving" in log and "MANIFEST.json: sha256" in log
+
+
+def test_a_challenger_the_gate_refused_is_shadowed_and_never_decides(world, small_splits, small_params):
+    w, srv = world, world["srv"]
+    v1 = w["v1"]
+    assert ready(srv)["model_version"] == v1
+    marked = copy.deepcopy(w["models"]["baseline"])
+    marked.riskops_test_mark = "v3"  # the baseline again, its files (and sha) other than v2's
+    shut = deep_merge(w["p"], {"register": {"min_auc": 1.01}})
+    v3 = register((shut, w["tmp"], w["env"]), marked, w["models"]["baseline"], small_splits, "refused")
+    from pipeline.bundle import Registry
+    reg = Registry(w["p"]["mlflow"]["registered_model"])
+    assert reg.alias("challenger") == v3 and reg.model_version(v3).tags["gate"] == "refused"
+    cli(w["tmp"], w["env"], "riskops-export")
+    d = until(lambda: (lambda d: d if d["challenger_version"] == v3 else None)(ready(srv)), timeout=20)
+    assert (d["model_version"], d["challenger_gate"], d["challenger_decides"]) == (v1, "refused", False), d
+    recs = _records(small_splits["test"].drop(columns=small_params["data"]["target"]).head(120))
+    assert canary_mask([applicant_model(w["p"])(**r).model_dump() for r in recs], SHARE).any()  # a passed one would decide some
+    before = counts(w["url"])
+    answers = []
+    for k in range(0, 120, 40):
+        r = requests.post(srv.url + "/score", json={"applicants": recs[k:k + 40], "request_id": f"refused{k}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        answers += r.json()
+    assert {a["model_version"] for a in answers} == {v1}
+    until(lambda: counts(w["url"]) == (before[0] + 120, before[1] + 120))
+    with sa.create_engine(w["url"]).connect() as c:
+        dec = c.execute(sa.text("select model_version from audit_records where request_id like 'refused%'")).scalars().all()
+        sha = c.execute(sa.text("select model_version, role from shadow_records where request_id like 'refused%'")).all()
+    assert len(dec) == 120 and set(dec) == {v1}
+    assert len(sha) == 120 and set(map(tuple, sha)) == {(v3, "challenger")}
+
+
+def test_a_challenger_that_fails_its_check_leaves_the_champion_serving_alone(world, small_splits, small_params):
+    w, srv = world, world["srv"]
+    v1, v2 = w["v1"], w["v2"]
+    code = ("import dataclasses, sys; from pipeline.bundle import load_bundle; from pipeline.export import export_bento; "
+            "b = dataclasses.replace(load_bundle(sys.argv[1]), name=sys.argv[4], version=sys.argv[5]); "
+            "c = dataclasses.replace(load_bundle(sys.argv[2]), name=sys.argv[4], version=sys.argv[6], sha='0' * 64); "
+            "print(export_bento(b, sys.argv[3], c, challenger_gate='passed'))")
+    made = subprocess.run([sys.executable, "-c", code, str(w["tmp"] / "xgboost"), str(w["tmp"] / "baseline"), MODEL,
+                           w["p"]["mlflow"]["registered_model"], v1, v2], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **w["env"]})
+    assert made.returncode == 0, made.stderr[-2000:]
+    tag = made.stdout.strip()
+    d = until(lambda: (lambda d: d if d["store_tag"] == tag else None)(ready(srv)), timeout=20)
+    assert (d["model_version"], d["challenger_version"], d["challenger_decides"]) == (v1, None, False), d
+    assert f"challenger version {v2}" in d["challenger_error"] and "MANIFEST.json: sha256" in d["challenger_error"], d
+    metric = [l for l in requests.get(srv.url + "/metrics").text.splitlines()
+              if l.startswith("riskops_model_swaps_total") and 'result="challenger_failed"' in l]
+    assert metric and float(metric[0].split()[-1]) >= 1, metric
+    r = requests.post(srv.url + "/score", json={"applicants": _records(small_splits["test"].drop(
+        columns=small_params["data"]["target"]).head(20))}, timeout=30)
+    assert r.status_code == 200 and {a["model_version"] for a in r.json()} == {v1}
+    log = Path(srv.log.name).read_text()
+    assert "its challenger was left out, the champion serves alone" in log

@@ -322,12 +322,19 @@ def test_the_first_champion_is_exempt_and_an_approval_counts_once_per_person(app
     assert "exempt" not in reg.audit_log()[-2] and reg.audit_log()[-2]["approvals_required"] == 0
 
 
-def test_promotion_needs_the_recorded_approvals_and_rollback_none(approvals_store, params):
+def account(monkeypatch, name: str) -> None:
+    "Run what follows as the account `name` (getpass.getuser reads LOGNAME first)."
+    monkeypatch.setenv("LOGNAME", name)
+
+
+def test_promotion_needs_the_recorded_approvals_and_rollback_none(approvals_store, params, monkeypatch):
     reg = versions("approve-two", ["passed", "passed"], params)
+    account(monkeypatch, "ann")
     approve(reg, "2", "Ann", "validated")
     with pytest.raises(BundleError, match=r"version 2 has 1 of the 2 approvals .* `riskops-approve 2 --by NAME"):
         promote(reg, "2", "one is not enough", required=2)
     assert reg.alias(CHAMPION) == "1"
+    account(monkeypatch, "bo")
     approve(reg, "2", "Bo", "reviewed the fairness figures")
     entry = promote(reg, "2", "validated and reviewed", required=2)
     assert (entry["action"], entry["forced"], entry["approvals"]) == ("promote", False, ["Ann", "Bo"])
@@ -355,10 +362,12 @@ def card_metrics() -> dict:
     return m | {f"baseline_{k}": 0.4 for k in ("auc", "gini", "ks", "pr_auc", "brier", "log_loss")} | {"model": "xgboost"}
 
 
-def test_approvals_are_in_the_audit_log_in_order_and_on_the_model_card(approvals_store, params):
+def test_approvals_are_in_the_audit_log_in_order_and_on_the_model_card(approvals_store, params, monkeypatch):
     from pipeline.bundle import write_bundle
     reg = versions("approve-card", ["passed", "passed", "refused"], params)
+    account(monkeypatch, "ann")
     approve(reg, "2", "Ann", "validated | signed")
+    account(monkeypatch, "bo")
     approve(reg, "2", "Bo", "fairness reviewed")
     promote(reg, "2", "two approvals")
     log = [(e["action"], e["alias"], e.get("version") or e["to"], e.get("by")) for e in reg.audit_log()]
@@ -420,3 +429,86 @@ def test_approve_and_promote_commands_refuse_in_one_line(approvals_store, params
     out = capsys.readouterr()
     assert "champion: version 1 -> 2" in out.out and "models/MODEL_CARD.md not rewritten" in out.err
 
+
+
+def test_concurrent_writers_lose_no_audit_entry_or_approval_and_old_keys_are_read(approvals_store, params):
+    import threading
+    from pipeline.bundle import entry_key, keys_in_order
+    reg = versions("concurrent", ["passed", "passed"], params)
+    name = reg.name
+    # entries of older code: counted keys, read first and in their order
+    reg.client.set_registered_model_tag(name, "audit.000001", json.dumps({"action": "old", "alias": None, "why": "1"}))
+    reg.client.set_model_version_tag(name, "2", "approval.001", json.dumps({"by": "Old", "at": "t", "reason": "r", "who": "old"}))
+    writers, each, start = 4, 6, threading.Barrier(4 + 3)
+    errors = []
+
+    def write(i):
+        mine = Registry(name)  # its own client, as another command would have
+        start.wait()
+        try:
+            for k in range(each): mine.append_audit("note", f"writer {i} entry {k}")
+        except Exception as e: errors.append(e)
+
+    def approving(who):
+        mine = Registry(name)
+        start.wait()
+        try: approve(mine, "2", who, "looked at it", force=True)  # one account here: recorded as forced
+        except Exception as e: errors.append(e)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)] + \
+              [threading.Thread(target=approving, args=(who,)) for who in ("Ann", "Bo", "Cy")]
+    for t in threads: t.start()
+    for t in threads: t.join(120)
+    assert not errors, errors
+    log = reg.audit_log()
+    notes = [e["why"] for e in log if e["action"] == "note"]
+    assert sorted(notes) == sorted(f"writer {i} entry {k}" for i in range(writers) for k in range(each))  # none lost
+    for i in range(writers):  # each writer's entries in the order it wrote them
+        assert [n for n in notes if n.startswith(f"writer {i} ")] == [f"writer {i} entry {k}" for k in range(each)]
+    assert log[0]["action"] == "old" and sorted(e["by"] for e in log if e["action"] == "approve") == ["Ann", "Bo", "Cy"]
+    tags = reg.model_version("2").tags
+    approvals = approvals_of(tags)
+    assert approvals[0]["by"] == "Old" and sorted(a["by"] for a in approvals[1:]) == ["Ann", "Bo", "Cy"]
+    keys = keys_in_order(reg.client.get_registered_model(name).tags, "audit")
+    assert len(keys) == len(set(keys)) == len(log) and keys[0] == "audit.000001"
+    ats = [json.loads(reg.client.get_registered_model(name).tags[k])["at"] for k in keys[1:]]
+    assert ats == sorted(ats)  # the keys sort in time order
+    a, b = entry_key("audit"), entry_key("audit")
+    assert a != b and a < b or a[:-9] == b[:-9]
+
+
+def test_two_approvals_need_two_accounts_and_two_names_unless_forced(approvals_store, params, monkeypatch, capsys):
+    from pipeline.registry import counted_approvals
+    reg = versions("approve-accounts", ["passed", "passed"], params)
+    account(monkeypatch, "ops")
+    approve(reg, "2", "Ann", "validated")
+    with pytest.raises(BundleError, match=r"the account 'ops' already approved version 2 \(as Ann.*two different accounts and names"):
+        approve(reg, "2", "Bo", "another name, the same account")
+    account(monkeypatch, "bo")
+    with pytest.raises(BundleError, match="Ann already approved version 2"):
+        approve(reg, "2", "ann", "the same name, another account")
+    assert [a["by"] for a in approvals_of(reg.model_version("2").tags)] == ["Ann"]
+    with pytest.raises(BundleError, match="has 1 of the 2 approvals"):
+        promote(reg, "2", "one person", required=2)
+    # --force records it, audited as forced with what it bypassed, and then it counts
+    account(monkeypatch, "ops")
+    forced = approve(reg, "2", "Bo", "a shared operations account", force=True)
+    assert forced["forced"] is True and forced["who"] == "ops" and "the account 'ops' already approved (as Ann)" in forced["bypassed"][0]
+    entry = reg.audit_log()[-1]
+    assert (entry["action"], entry["by"], entry["forced"], entry["who"]) == ("approve", "Bo", True, "ops")
+    assert promote(reg, "2", "two approvals, one forced", required=2)["approvals"] == ["Ann", "Bo"]
+    # what counts: a name or an account seen before does not count again (approvals recorded by older code too)
+    rec = lambda by, who, **kw: {"by": by, "who": who, "at": "t", "reason": "r"} | kw
+    assert [a["by"] for a in counted_approvals([rec("Ann", "ops"), rec("Bo", "ops"), rec("ann ", "x"), rec("Cy", "cy")])] == ["Ann", "Cy"]
+    assert len(counted_approvals([rec("Ann", "ops"), rec("Bo", "ops", forced=True)])) == 2
+    # the command: --force, and the refusal in one line
+    p = deep_merge(params, {"mlflow": {"registered_model": "approve-accounts-cli"}})
+    (approvals_store / "params.yaml").write_text(yaml.safe_dump(p))
+    versions("approve-accounts-cli", ["passed", "passed"], p)
+    from pipeline.registry import approve_cli
+    assert approve_cli(["2", "--by", "Ann", "--reason", "validated"]) == 0
+    capsys.readouterr()
+    assert approve_cli(["2", "--by", "Bo", "--reason", "again"]) == 2
+    err = capsys.readouterr().err
+    assert "riskops-approve: the account 'ops' already approved version 2" in err and len(err.strip().splitlines()) == 1
+    assert approve_cli(["2", "--by", "Bo", "--reason", "shared account", "--force"]) == 0
+    assert "2 of 1 approvals recorded" in capsys.readouterr().out

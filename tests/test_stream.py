@@ -269,3 +269,66 @@ def test_command_line_help_failures_and_no_training_code(kafka_broker, small_mod
     from tests.conftest import free_port
     assert main([*model, "--brokers", f"127.0.0.1:{free_port()}"]) == 2 and "Unable to bootstrap" in caplog.text
     assert main(["--params", str(path), "--model", str(tmp_path / "nothing")]) == 2 and "not a model bundle" in caplog.text
+
+
+def test_a_promotion_reaches_a_running_stream_scorer(kafka_broker, small_trained, small_splits, small_params, rows, tmp_path,
+                                                    monkeypatch):
+    "`stream.model: champion` on a real MLflow store: a promotion, then a rollback, answer the next events without a restart."
+    from pipeline.registry import Registry, promote, rollback
+    from tests.test_champion import GATE_OPEN, register
+    params, path = stream_params(small_params, kafka_broker, tmp_path, model="champion")
+    p = deep_merge(params, {"register": GATE_OPEN, "serve": {"follow_poll_s": 0.3}})
+    path.write_text(yaml.safe_dump(p))
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["MLFLOW_TRACKING_URI"])
+    monkeypatch.chdir(tmp_path)
+    models = small_trained["models"]
+    v1 = register((p, tmp_path, store), models["xgboost"], models["baseline"], small_splits, "xgboost")  # the first champion
+    v2 = register((deep_merge(p, {"register": {"approvals_required": 1}}), tmp_path, store), models["baseline"],
+                  models["baseline"], small_splits, "baseline")  # waits as challenger
+    reg = Registry(p["mlflow"]["registered_model"])
+    assert reg.alias("champion") == v1 and reg.alias("challenger") == v2
+    s, log = p["stream"], tmp_path / "stream.log"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.stream", "--params", str(path)], cwd=ROOT, env={**ENV, **store},
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    sent = []
+
+    def send(n: int) -> list[str]:
+        ids = [f"ev-{len(sent) + i}" for i in range(n)]
+        produce(kafka_broker.bootstrap, s["input_topic"], [json.dumps({"event_id": e, "applicant": rows[i % len(rows)]}).encode()
+                                                          for i, e in enumerate(ids)])
+        sent.extend(ids)
+        return ids
+
+    def versions(ids) -> dict[str, str]:
+        got = {k: v["model_version"] for k, v in read_topic(kafka_broker.bootstrap, s["output_topic"])}
+        return {i: got[i] for i in ids if i in got}
+
+    def answered_by(version: str, timeout: float = 60) -> list[str]:
+        "Events sent every 0.3 s until one is answered by `version`; then a batch sent after it must all be answered by it."
+        end = time.time() + timeout
+        while time.time() < end:
+            if proc.poll() is not None: raise AssertionError(f"the stream process exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            ids = send(5)
+            time.sleep(0.3)
+            if version in versions(sent).values(): break
+        else: raise AssertionError(f"no answer by version {version} in {timeout} s:\n{log.read_text()[-3000:]}")
+        after = send(20)
+        wait_for(lambda: len(versions(after)) == 20, 60, "20 answers", [proc], [log])
+        return sorted(set(versions(after).values()))
+
+    try:
+        first = send(20)
+        wait_for(lambda: len(versions(first)) == 20, 90, "the first answers", [proc], [log])
+        assert set(versions(first).values()) == {v1}
+        promote(reg, v2, "drill: a running stream follows", force=True)
+        assert answered_by(v2) == [v2]
+        rollback(reg, "drill: and back")
+        assert answered_by(v1) == [v1]
+        pid = proc.pid
+        assert stop([proc]) == [0] and pid == proc.pid  # one process all along: no restart
+    finally: stop([proc], 5)
+    text = log.read_text()
+    assert text.count("swapped in") >= 2 and f"following champion@{v1}" in text, text[-3000:]
+    answers = collections.Counter(k for k, _ in read_topic(kafka_broker.bootstrap, s["output_topic"]))
+    assert set(answers) == set(sent) and set(answers.values()) == {1}  # each event answered once, across the swaps
