@@ -151,7 +151,7 @@ def _column_masks(s: pd.Series, kind: str, spec: dict, nullable: bool):
     na = (np.isnan(s.to_numpy()) if s.dtype.kind == "f" else np.zeros(len(s), bool)) if plain else s.isna().to_numpy()
     out = [("missing value", na)] if not nullable else []
     if kind == "numeric":
-        x = _numbers(s).to_numpy()
+        x = s.to_numpy() if plain and s.dtype.kind != "b" else _numbers(s).to_numpy()  # to_numeric keeps numpy numbers as they are
         if x.dtype.kind not in "iuf": return None
         lo, hi = spec.get("min"), spec.get("max")
         n = _numeric_fails(x, na, 0 if lo is None else lo, 0 if hi is None else hi, lo is not None, hi is not None)
@@ -200,8 +200,9 @@ def _join_rules(names: list[str], masks: list[np.ndarray], rows: np.ndarray) -> 
     return text[which.ravel()]
 
 def screen(df: pd.DataFrame, params: dict, with_target: bool = True):
-    """`(rules, clean)`: the rules each failing row broke (as `pandera_failures`, without pandera) and the clean
-    values of each declared column read on the way (numbers: an array; codes: an object array; others None);
+    """`(rules, clean, bad)`: the rules each failing row broke (as `pandera_failures`, without pandera), the clean
+    values of each declared column read on the way (numbers: an array; codes: an object array; others None), and
+    the mask of failing rows (n bools);
     None when the frame is one the fast path leaves to pandera (repeated row labels or column names, a numeric
     column that `pd.to_numeric` does not make plain numbers)."""
     if not (df.index.is_unique and df.columns.is_unique): return None
@@ -227,14 +228,15 @@ def screen(df: pd.DataFrame, params: dict, with_target: bool = True):
         frame_names.append(str(rule.name)); frame_masks.append(~rule(cols))
     names, masks = frame_names + names, frame_masks + masks
     hit = [i for i, m in enumerate(masks) if m.any()]
-    if not hit: return pd.Series(dtype=object), clean
+    if not hit: return pd.Series(dtype=object), clean, np.zeros(len(df), dtype=bool)
     names, masks = [names[i] for i in hit], [masks[i] for i in hit]
-    rows = np.flatnonzero(np.logical_or.reduce(masks))
+    bad = np.logical_or.reduce(masks)
+    rows = np.flatnonzero(bad)
     labels = df.index[rows]
     if not labels.is_monotonic_increasing:
         order = labels.argsort(kind="stable"); rows, labels = rows[order], labels[order]
     out = pd.Series(_join_rules(names, masks, rows), index=labels, name="rule").rename_axis(None)
-    return out, clean
+    return out, clean, bad
 
 # %% ../nbs/01_validate.ipynb #dv01a003
 def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd.Series:
@@ -258,13 +260,17 @@ def _clean_frame(df: pd.DataFrame, keep: np.ndarray, clean: dict, params: dict) 
     cols = [c for c in required_columns(params) if c in df.columns]
     numeric = [c for c in cols if c in params["columns"]["numeric"] and clean.get(c) is not None]
     if cols[:len(numeric)] != numeric: return clean_types(df[keep], params)
-    index, every = df.index[keep], bool(keep.all())
+    rows = None if keep.all() else np.flatnonzero(keep)
+    index = df.index if rows is None else df.index[rows]
     block = np.empty((len(numeric), len(index)))  # pandas' own layout of a float block: no copy when framed
-    for i, c in enumerate(numeric): block[i] = clean[c] if every else clean[c][keep]
+    for i, c in enumerate(numeric):
+        if rows is None: block[i] = clean[c]
+        else: np.take(np.asarray(clean[c], dtype=float), rows, out=block[i])
     out = pd.DataFrame(block.T, index=index, columns=numeric, copy=False)
     for c in cols[len(numeric):]:
         x = clean.get(c) if c in params["columns"]["categorical"] else None
-        out[c] = df[c][keep] if x is None else pd.Series(x if every else x[keep], index=index, dtype=object, copy=False)
+        if x is None: out[c] = df[c] if rows is None else df[c].iloc[rows]
+        else: out[c] = pd.Series(x if rows is None else x[rows], index=index, dtype=object, copy=False)
     return out
 
 def validate_frame(df: pd.DataFrame, params: dict, with_target: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -272,7 +278,7 @@ def validate_frame(df: pd.DataFrame, params: dict, with_target: bool = True) -> 
     missing = [c for c in required_columns(params, with_target) if c not in df.columns]
     got = None if missing else screen(df, params, with_target)
     rules = pandera_failures(df, params, with_target) if got is None else got[0]
-    bad = df.index.isin(rules.index)
+    bad = df.index.isin(rules.index) if got is None else got[2]
     quarantine = df[bad].assign(_rule=rules).rename_axis("_row").reset_index()
     valid = clean_types(df[~bad], params) if got is None else _clean_frame(df, ~bad, got[1], params)
     report = make_report(len(df), len(valid), rules, params)
