@@ -142,7 +142,8 @@ def _allowed(codes: tuple) -> frozenset:
 
 def _distinct_codes(distinct) -> np.ndarray:
     "`as_code` of the distinct values of a column: integers written directly (what `as_code` gives them), else `as_code`."
-    if isinstance(distinct, np.ndarray) and distinct.dtype.kind == "i": return np.array([str(v) for v in distinct.tolist()], dtype=object)
+    if isinstance(distinct.dtype, np.dtype) and distinct.dtype.kind == "i":  # factorize gives an Index for a Series
+        return np.array([str(v) for v in np.asarray(distinct).tolist()], dtype=object)
     return as_code(pd.Series(distinct, dtype=object)).to_numpy(dtype=object)
 
 def _column_masks(s: pd.Series, kind: str, spec: dict, nullable: bool):
