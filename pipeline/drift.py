@@ -158,15 +158,15 @@ def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame,
     Jensen-Shannon distance, share of rows in bins the reference left empty, status and what decided it. The batch's
     bin shares are in `table.attrs["shares"]`. Batches of 100,000 rows or more spread the features over `workers`
     threads (default: one per core); the figures do not depend on it."""
-    def one(item):
-        col, spec = item
-        if spec["kind"] == "numeric":
-            return _numeric_drift(spec, reference[col].to_numpy(float), current[col].to_numpy(float))
-        return _categorical_drift(spec, reference[col], current[col])
+    def one(job):
+        spec, ref, cur = job
+        return _numeric_drift(spec, ref, cur) if spec["kind"] == "numeric" else _categorical_drift(spec, ref, cur)
+    jobs = [(spec, reference[col].to_numpy(float), current[col].to_numpy(float)) if spec["kind"] == "numeric" else
+            (spec, reference[col], current[col]) for col, spec in profile.items()]  # columns read here, not on the threads
     workers = min(len(profile), os.cpu_count() or 1) if workers is None else workers
     if workers > 1 and len(current) >= 100_000:  # the compiled pass releases the GIL: one feature per core
-        with ThreadPoolExecutor(workers) as pool: results = list(pool.map(one, profile.items()))
-    else: results = [one(item) for item in profile.items()]
+        with ThreadPoolExecutor(workers) as pool: results = list(pool.map(one, jobs))
+    else: results = [one(job) for job in jobs]
     rows, shares = [], {}
     for (col, spec), d in zip(profile.items(), results):
         shares[col] = d.pop("shares")
