@@ -266,7 +266,7 @@ def _clean_frame(df: pd.DataFrame, keep: np.ndarray, clean: dict, params: dict) 
     block = np.empty((len(numeric), len(index)))  # pandas' own layout of a float block: no copy when framed
     for i, c in enumerate(numeric):
         if rows is None: block[i] = clean[c]
-        else: np.take(np.asarray(clean[c], dtype=float), rows, out=block[i])
+        else: np.take(np.asarray(clean[c], dtype=float), rows, out=block[i], mode="clip")  # "raise" buffers `out`
     out = pd.DataFrame(block.T, index=index, columns=numeric, copy=False)
     for c in cols[len(numeric):]:
         x = clean.get(c) if c in params["columns"]["categorical"] else None
