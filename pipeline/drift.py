@@ -16,8 +16,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
+from concurrent.futures import ThreadPoolExecutor
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 from sklearn.metrics import roc_auc_score
@@ -29,11 +31,11 @@ from .validate import html_page, validate_frame
 
 # %% auto #0
 __all__ = ['EPS', 'LEVELS', 'INSUFFICIENT', 'ONE_CLASS', 'NOT_APPLICABLE', 'ACTIONS', 'COLOURS', 'UNITS', 'psi', 'status',
-           'numeric_test', 'ks_test', 'chi2_test', 'js_distance', 'feature_status', 'feature_drift', 'score_bins',
-           'score_psi', 'expected_auc', 'performance', 'labels', 'performance_drift', 'drift_report', 'alert_records',
-           'webhook_url', 'post_webhook', 'send_alerts', 'json_ready', 'write_strict_json', 'feature_records',
-           'histogram_png', 'verdict', 'verdict_html', 'drift_html', 'parse_window', 'window_name', 'audited_batch',
-           'sa_errors', 'drift_model', 'drift_cli', 'current_batch', 'main']
+           'grid_counts', 'numeric_test', 'ks_test', 'chi2_test', 'js_distance', 'feature_status', 'feature_drift',
+           'score_bins', 'score_psi', 'expected_auc', 'performance', 'labels', 'performance_drift', 'drift_report',
+           'alert_records', 'webhook_url', 'post_webhook', 'send_alerts', 'json_ready', 'write_strict_json',
+           'feature_records', 'histogram_png', 'verdict', 'verdict_html', 'drift_html', 'parse_window', 'window_name',
+           'audited_batch', 'sa_errors', 'drift_model', 'drift_cli', 'current_batch', 'main']
 
 # %% ../nbs/06_drift.ipynb #a69614ec
 EPS = 1e-4
@@ -51,13 +53,60 @@ def status(value: float, params: dict) -> str:
     d = params["drift"]
     return "alert" if value > d["psi_alert"] else "monitor" if value > d["psi_monitor"] else "stable"
 
+# %% ../nbs/06_drift.ipynb #dv0a0002
+_BUCKETS = 1 << 16
+
+@numba.njit(nogil=True, cache=True)
+def _grid_pass(x, g, table, lo, scale):
+    L, K = len(g), len(table) - 1
+    count, hit, missing = np.zeros(L + 1, np.int64), np.zeros(max(L, 1), np.int64), 0
+    for v in x:
+        if v != v:
+            missing += 1
+            continue
+        if L == 0 or v <= g[0]: p = 0
+        elif v > g[L - 1]: p = L
+        else:
+            b = min(max(int((v - lo) * scale), 0), K - 1)
+            a, c = table[b], table[b + 1]
+            while a < c:
+                m = (a + c) >> 1
+                if g[m] < v: a = m + 1
+                else: c = m
+            p = a
+            while p > 0 and g[p - 1] >= v: p -= 1
+            while p < L and g[p] < v: p += 1
+        count[p] += 1
+        if p < L and g[p] == v: hit[p] += 1
+    return count, hit[:L], missing
+
+def grid_counts(values: np.ndarray, edges: list[float], grid: np.ndarray | None = None):
+    """`featurize.bin_counts` in one compiled pass: the counts of `values` (float, n) in the bins of `edges`,
+    then of missing values (len(edges) + 2 ints); with `grid` (sorted, holding every edge, G points) also the
+    counts at or below and below each grid point (G ints each), else None for those. Releases the GIL."""
+    x = np.ascontiguousarray(values, dtype=float)
+    e = np.asarray(edges, dtype=float)
+    g = np.ascontiguousarray(e if grid is None else grid, dtype=float)
+    span = float(g[-1] - g[0]) if len(g) > 1 else 0.0
+    k = _BUCKETS if np.isfinite(span) and span > 0 else 1
+    scale = k / span if k > 1 else 0.0
+    lo = float(g[0]) if len(g) else 0.0
+    table = np.searchsorted(g, lo + np.arange(k + 1) / scale, side="left") if k > 1 else np.array([0, len(g)])
+    table[-1] = len(g)
+    count, hit, n_missing = _grid_pass(x, g, table.astype(np.int64), lo, scale)
+    le = np.cumsum(count[:-1])
+    lt = le - hit
+    below = np.concatenate([[0], lt[np.searchsorted(g, e)], [len(x) - n_missing]])
+    counts = np.append(np.diff(below), n_missing)
+    return (counts, None, None) if grid is None else (counts, le, lt)
+
 # %% ../nbs/06_drift.ipynb #fdbeb16d
 def numeric_test(reference: np.ndarray, current: np.ndarray, edges: list[float]) -> tuple[np.ndarray, float, float]:
     """The batch's shares in the reference bins, and the two-sample KS statistic and asymptotic p-value: one
-    `featurize.bin_counts` pass of the batch over the distinct reference values and the bin edges."""
+    `grid_counts` pass of the batch over the distinct reference values and the bin edges."""
     r = np.sort(reference[~np.isnan(reference)])
     grid = np.union1d(r, np.asarray(edges, float))
-    counts, le, lt = bin_counts(current, edges, grid)
+    counts, le, lt = grid_counts(current, edges, grid)
     shares = counts / max(len(current), 1)
     n, m = len(r), int(len(current) - counts[-1])
     if n == 0 or m == 0: return shares, np.nan, np.nan
@@ -103,15 +152,23 @@ def _categorical_drift(spec: dict, reference: pd.Series, current: pd.Series) -> 
     chi2, chi2_p = chi2_test(code_counts(reference, spec["codes"]), counts)
     return {"shares": counts / max(len(current), 1), "ks": np.nan, "ks_pvalue": np.nan, "chi2": chi2, "chi2_pvalue": chi2_p}
 
-def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, params: dict) -> pd.DataFrame:
+def feature_drift(profile: dict, reference: pd.DataFrame, current: pd.DataFrame, params: dict,
+                  workers: int | None = None) -> pd.DataFrame:
     """Per feature: PSI against the saved reference bins, KS (numeric) or chi-square (categorical) with p-value,
     Jensen-Shannon distance, share of rows in bins the reference left empty, status and what decided it. The batch's
-    bin shares are in `table.attrs["shares"]`."""
+    bin shares are in `table.attrs["shares"]`. Batches of 100,000 rows or more spread the features over `workers`
+    threads (default: one per core); the figures do not depend on it."""
+    def one(job):
+        spec, ref, cur = job
+        return _numeric_drift(spec, ref, cur) if spec["kind"] == "numeric" else _categorical_drift(spec, ref, cur)
+    jobs = [(spec, reference[col].to_numpy(float), current[col].to_numpy(float)) if spec["kind"] == "numeric" else
+            (spec, reference[col], current[col]) for col, spec in profile.items()]  # columns read here, not on the threads
+    workers = min(len(profile), os.cpu_count() or 1) if workers is None else workers
+    if workers > 1 and len(current) >= 100_000:  # the compiled pass releases the GIL: one feature per core
+        with ThreadPoolExecutor(workers) as pool: results = list(pool.map(one, jobs))
+    else: results = [one(job) for job in jobs]
     rows, shares = [], {}
-    for col, spec in profile.items():
-        if spec["kind"] == "numeric":
-            d = _numeric_drift(spec, reference[col].to_numpy(float), current[col].to_numpy(float))
-        else: d = _categorical_drift(spec, reference[col], current[col])
+    for (col, spec), d in zip(profile.items(), results):
         shares[col] = d.pop("shares")
         ref = np.asarray(spec["shares"])
         value = psi(ref, shares[col])
@@ -127,7 +184,7 @@ def score_bins(reference_scores: np.ndarray, current_scores: np.ndarray, bins: i
     "Quantile bins of the reference scores, and the reference and batch shares in them (a profile entry)."
     edges = quantile_edges(pd.Series(reference_scores), bins)
     return {"kind": "numeric", "edges": edges, "shares": bin_shares(reference_scores, edges).tolist(),
-            "current": bin_shares(current_scores, edges)}
+            "current": grid_counts(current_scores, edges)[0] / max(len(current_scores), 1)}
 
 def score_psi(reference_scores: np.ndarray, current_scores: np.ndarray, bins: int) -> float:
     "PSI of the model score, with quantile bins of the reference scores."

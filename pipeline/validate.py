@@ -5,6 +5,7 @@
 # %% ../nbs/01_validate.ipynb #c3831063
 from __future__ import annotations
 
+import functools
 import html
 import sys
 from pathlib import Path
@@ -20,15 +21,16 @@ try: import pandera.pandas as pa
 finally:
     for m in _hidden: del sys.modules[m]
 
+import numba
 import numpy as np
 
 from .core import (as_code, get_logger, in_notebook, load_params, read_table, stage_cli, write_json)
 from .params import CompiledRule, ParamsError, RuleError, compile_rules
 
 # %% auto #0
-__all__ = ['CSS', 'DataQualityError', 'required_columns', 'rule_holds', 'check_rules', 'build_schema', 'row_failures',
-           'clean_types', 'validate_frame', 'validate_for_scoring', 'make_report', 'summary', 'check_gate', 'html_page',
-           'validation_html', 'data_vs_params', 'read_input', 'main']
+__all__ = ['CSS', 'DataQualityError', 'required_columns', 'rule_holds', 'check_rules', 'build_schema', 'pandera_failures',
+           'screen', 'row_failures', 'clean_types', 'validate_frame', 'validate_for_scoring', 'make_report', 'summary',
+           'check_gate', 'html_page', 'validation_html', 'data_vs_params', 'read_input', 'main']
 
 # %% ../nbs/01_validate.ipynb #10302a88
 class DataQualityError(Exception):
@@ -103,8 +105,9 @@ def _rules(cases: pd.DataFrame) -> pd.Series:
     rule[frame_level] = check[frame_level]
     return rule
 
-def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd.Series:
-    "The rules each failing row broke, joined by '; ', indexed like `df`."
+def pandera_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd.Series:
+    """The rules each failing row broke, joined by '; ', indexed like `df` (sorted): pandera's lazy validation of
+    `build_schema`, the reference `row_failures` equals."""
     missing = [c for c in required_columns(params, with_target) if c not in df.columns]
     if missing:
         return pd.Series("; ".join(f"{c}: missing column" for c in missing), index=df.index, dtype=object)
@@ -117,6 +120,132 @@ def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd
     pairs = pd.DataFrame({"row": rows.to_numpy(), "rule": _rules(cases).to_numpy()}).drop_duplicates()
     return pairs.groupby("row", sort=True)["rule"].agg("; ".join).rename_axis(None)
 
+# %% ../nbs/01_validate.ipynb #dv01a002
+@numba.njit(nogil=True, cache=True)
+def _numeric_fails(x, na, lo, hi, has_lo, has_hi):
+    "Rows failing each numeric check (numeric type, beyond float32, min, max), in one pass that allocates no mask."
+    n = np.zeros(4, np.int64)
+    for i in range(len(x)):
+        v = x[i]
+        if v != v:
+            if not na[i]: n[0] += 1
+            continue
+        if abs(v) > _F32_MAX: n[1] += 1
+        if has_lo and v < lo: n[2] += 1
+        if has_hi and v > hi: n[3] += 1
+    return n
+
+@functools.lru_cache(maxsize=256)
+def _allowed(codes: tuple) -> frozenset:
+    "The allowed codes of a column as `as_code` writes them (remembered: params do not change between chunks)."
+    return frozenset(as_code(pd.Series(list(codes))))
+
+def _distinct_codes(distinct) -> np.ndarray:
+    "`as_code` of the distinct values of a column: integers written directly (what `as_code` gives them), else `as_code`."
+    if isinstance(distinct.dtype, np.dtype) and distinct.dtype.kind == "i":  # factorize gives an Index for a Series
+        return np.array([str(v) for v in np.asarray(distinct).tolist()], dtype=object)
+    return as_code(pd.Series(distinct, dtype=object)).to_numpy(dtype=object)
+
+def _column_masks(s: pd.Series, kind: str, spec: dict, nullable: bool):
+    "A column's (check, mask of failing rows) in the schema's order, and its clean values (numbers or codes); None: not handled."
+    plain = isinstance(s.dtype, np.dtype) and s.dtype.kind in "iufb"  # numpy numbers: missing is NaN or nothing
+    na = (np.isnan(s.to_numpy()) if s.dtype.kind == "f" else np.zeros(len(s), bool)) if plain else s.isna().to_numpy()
+    out = [("missing value", na)] if not nullable else []
+    if kind == "numeric":
+        x = s.to_numpy() if plain and s.dtype.kind != "b" else _numbers(s).to_numpy()  # to_numeric keeps numpy numbers as they are
+        if x.dtype.kind not in "iuf": return None
+        lo, hi = spec.get("min"), spec.get("max")
+        n = _numeric_fails(x, na, 0 if lo is None else lo, 0 if hi is None else hi, lo is not None, hi is not None)
+        with np.errstate(invalid="ignore"):  # a mask only for a check some row fails
+            out += [("numeric type", np.isnan(x) & ~na if n[0] else None), ("beyond float32", np.abs(x) > _F32_MAX if n[1] else None)]
+            if lo is not None: out.append((f"min {lo}", x < lo if n[2] else None))
+            if hi is not None: out.append((f"max {hi}", x > hi if n[3] else None))
+        return out, x
+    if kind == "codes":
+        rows, distinct = pd.factorize(s)
+        codes = _distinct_codes(distinct)
+        if spec.get("codes") is not None:
+            allowed = _allowed(tuple(spec["codes"]))
+            ok = np.append([c in allowed for c in codes], True).astype(bool)  # the last: missing (-1)
+            out.append(("allowed codes", ~ok[rows] & ~na))
+        return out, np.append(codes, None)[rows]
+    if spec.get("unique"): out.append(("duplicate id", s.duplicated(keep="first").to_numpy() & ~na))  # pandera drops missing cases
+    return out, None
+
+def _row_hash(df: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    "A 64-bit hash per row, equal for rows `DataFrame.duplicated` calls equal (numbers by their bits, NaN and -0.0 made one; other columns by `pd.factorize`)."
+    h = np.full(len(df), 0xcbf29ce484222325, dtype=np.uint64)
+    for c in cols:
+        x = df[c].to_numpy() if isinstance(df[c].dtype, np.dtype) and df[c].dtype.kind in "iufb" else pd.factorize(df[c])[0]
+        if x.dtype.kind == "f": x = np.where(np.isnan(x), np.nan, x.astype(np.float64) + 0.0).view(np.uint64)
+        with np.errstate(over="ignore"): h = (h ^ x.astype(np.uint64)) * np.uint64(0x100000001b3)
+    return h
+
+def _duplicate_rows(df: pd.DataFrame, subset: list[str]) -> np.ndarray:
+    """Rows pandera reports as duplicate rows: `duplicated(keep='first')` (rows missing in every column left out, as
+    pandera drops their cases), run only on the rows whose hash repeats (every copy of a repeated row among them)."""
+    out = np.zeros(len(df), dtype=bool)
+    candidates = np.flatnonzero(pd.Series(_row_hash(df, subset)).duplicated(keep=False).to_numpy())
+    if len(candidates):
+        rows = df.iloc[candidates][subset]
+        out[candidates] = rows.duplicated(keep="first").to_numpy() & ~rows.isna().all(axis=1).to_numpy()
+    return out
+
+def _join_rules(names: list[str], masks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    "For the failing `rows`, the names of the masks holding there joined by '; ' (one join per distinct pattern)."
+    if len(names) == 1: return np.full(len(rows), names[0], dtype=object)
+    bits = np.stack([m[rows] for m in masks], axis=1)
+    patterns, which = np.unique(np.packbits(bits, axis=1), axis=0, return_inverse=True)
+    unpacked = np.unpackbits(patterns, axis=1, count=len(names)).astype(bool)
+    text = np.array(["; ".join(dict.fromkeys(n for n, b in zip(names, p) if b)) for p in unpacked], dtype=object)
+    return text[which.ravel()]
+
+def screen(df: pd.DataFrame, params: dict, with_target: bool = True):
+    """`(rules, clean, bad)`: the rules each failing row broke (as `pandera_failures`, without pandera), the clean
+    values of each declared column read on the way (numbers: an array; codes: an object array; others None), and
+    the mask of failing rows (n bools);
+    None when the frame is one the fast path leaves to pandera (repeated row labels or column names, a numeric
+    column that `pd.to_numeric` does not make plain numbers)."""
+    if not (df.index.is_unique and df.columns.is_unique): return None
+    d, v = params["data"], params["validate"]
+    specs = [(c, "numeric", spec or {}) for c, spec in params["columns"]["numeric"].items()]
+    specs += [(c, "codes", spec or {}) for c, spec in params["columns"]["categorical"].items()]
+    if with_target: specs.append((d["target"], "codes", {"codes": d["target_values"]}))
+    if d.get("id"): specs.append((d["id"], "id", {"unique": True}))
+    names, masks, clean = [], [], {}
+    for col, kind, spec in specs:
+        got = _column_masks(df[col], kind, spec, nullable=spec.get("nullable", False) if kind != "id" else False)
+        if got is None: return None
+        for check, m in got[0]:
+            if m is not None: names.append(f"{col}: {check}"); masks.append(m)
+        clean[col] = got[1]
+    frame_names, frame_masks = [], []
+    if v.get("duplicate_rows", "quarantine") == "quarantine":
+        subset = [c for c, _, _ in specs]  # a row missing in every column has no failure case left in pandera's report
+        frame_names.append("duplicate row")
+        frame_masks.append(_duplicate_rows(df, subset))
+    for rule in check_rules(params):
+        cols = {c: np.asarray(clean[c], dtype=float) if c in rule.numeric else clean[c] for c in rule.columns}
+        frame_names.append(str(rule.name)); frame_masks.append(~rule(cols))
+    names, masks = frame_names + names, frame_masks + masks
+    hit = [i for i, m in enumerate(masks) if m.any()]
+    if not hit: return pd.Series(dtype=object), clean, np.zeros(len(df), dtype=bool)
+    names, masks = [names[i] for i in hit], [masks[i] for i in hit]
+    bad = np.logical_or.reduce(masks)
+    rows = np.flatnonzero(bad)
+    labels = df.index[rows]
+    if not labels.is_monotonic_increasing:
+        order = labels.argsort(kind="stable"); rows, labels = rows[order], labels[order]
+    out = pd.Series(_join_rules(names, masks, rows), index=labels, name="rule").rename_axis(None)
+    return out, clean, bad
+
+# %% ../nbs/01_validate.ipynb #dv01a003
+def row_failures(df: pd.DataFrame, params: dict, with_target: bool = True) -> pd.Series:
+    "The rules each failing row broke, joined by '; ', indexed like `df` (sorted): `screen`, else `pandera_failures`."
+    if [c for c in required_columns(params, with_target) if c not in df.columns]: return pandera_failures(df, params, with_target)
+    got = screen(df, params, with_target)
+    return pandera_failures(df, params, with_target) if got is None else got[0]
+
 # %% ../nbs/01_validate.ipynb #31ad86e0
 def clean_types(df: pd.DataFrame, params: dict) -> pd.DataFrame:
     "Valid rows in canonical types: numbers as float, categorical codes as strings; undeclared columns dropped."
@@ -127,12 +256,32 @@ def clean_types(df: pd.DataFrame, params: dict) -> pd.DataFrame:
     for c in out.columns.intersection(list(params["columns"]["categorical"])): out[c] = as_code(out[c]).astype(object)
     return out
 
+def _clean_frame(df: pd.DataFrame, keep: np.ndarray, clean: dict, params: dict) -> pd.DataFrame:
+    "`clean_types(df[keep], params)` from the arrays `screen` read: numbers and codes taken, other columns as they are."
+    cols = [c for c in required_columns(params) if c in df.columns]
+    numeric = [c for c in cols if c in params["columns"]["numeric"] and clean.get(c) is not None]
+    if cols[:len(numeric)] != numeric: return clean_types(df[keep], params)
+    rows = None if keep.all() else np.flatnonzero(keep)
+    index = df.index if rows is None else df.index[rows]
+    block = np.empty((len(numeric), len(index)))  # pandas' own layout of a float block: no copy when framed
+    for i, c in enumerate(numeric):
+        if rows is None: block[i] = clean[c]
+        else: np.take(np.asarray(clean[c], dtype=float), rows, out=block[i], mode="clip")  # "raise" buffers `out`
+    out = pd.DataFrame(block.T, index=index, columns=numeric, copy=False)
+    for c in cols[len(numeric):]:
+        x = clean.get(c) if c in params["columns"]["categorical"] else None
+        if x is None: out[c] = df[c] if rows is None else df[c].iloc[rows]
+        else: out[c] = pd.Series(x if rows is None else x[rows], index=index, dtype=object, copy=False)
+    return out
+
 def validate_frame(df: pd.DataFrame, params: dict, with_target: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     "Split `df` into clean valid rows and quarantined rows (with `_row` and `_rule`), plus a report."
-    rules = row_failures(df, params, with_target)
-    bad = df.index.isin(rules.index)
+    missing = [c for c in required_columns(params, with_target) if c not in df.columns]
+    got = None if missing else screen(df, params, with_target)
+    rules = pandera_failures(df, params, with_target) if got is None else got[0]
+    bad = df.index.isin(rules.index) if got is None else got[2]
     quarantine = df[bad].assign(_rule=rules).rename_axis("_row").reset_index()
-    valid = clean_types(df[~bad], params)
+    valid = clean_types(df[~bad], params) if got is None else _clean_frame(df, ~bad, got[1], params)
     report = make_report(len(df), len(valid), rules, params)
     assert report["rows_in"] == report["rows_passed"] + report["rows_quarantined"]
     return valid, quarantine, report
