@@ -25,9 +25,9 @@ import uuid
 from datetime import datetime, timezone
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument
 from pydantic import TypeAdapter, ValidationError
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from pipeline.bundle import BundleError
 from pipeline.core import get_logger, load_params
@@ -60,7 +60,8 @@ class ClientErrorsAtInfo(logging.Filter):
         return True
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
+HTTP_LOG = logging.getLogger("bentoml._internal.server.http_app")  # where BentoML logs a refused request
+HTTP_LOG.addFilter(ClientErrorsAtInfo())
 
 SCORES = bentoml.metrics.Counter(name="riskops_scores", documentation="Rows scored, by risk grade and method",
                                  labelnames=["grade", "method"])
@@ -113,7 +114,8 @@ def document(spec: dict, token: bool) -> dict:
 
 class RequestGate:
     """ASGI middleware in front of the scoring endpoints: when RISK_API_TOKEN is set they need
-    `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type)."""
+    `Authorization: Bearer <token>` (401 otherwise); their bodies are JSON (415 for another content type).
+    It answers `POST /score` itself (`_scored`); the other endpoints go on to BentoML."""
     def __init__(self, app, token: str | None = None):
         self.app, self.token = app, token
 
@@ -163,7 +165,40 @@ class RequestGate:
             kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
             if scope.get("method") == "POST" and kind not in (b"application/json", b""):
                 return await self._refuse(send, 415, "content-type: the body must be application/json")
+            if scope["path"] == "/score" and scope.get("method") == "POST" and LIVE.get("service") is not None:
+                return await self._scored(scope, receive, send)
         await self.app(scope, receive, send)
+
+    async def _scored(self, scope, receive, send):
+        """`POST /score` answered here, on the event loop: the body model BentoML built for the API (`SCORE_BODY`,
+        so the same 400 answers naming each field), the same `RiskService._score` (audit, metrics, log, shadow,
+        canary) and answer serializer as `RiskService.score`. BentoML's routing, request context, IO descriptors
+        and its hop to a worker thread cost as much again as the rest of the request (bench/serve.py); its metrics,
+        timeout and error middleware still wrap this one."""
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect": return
+            chunks.append(message.get("body", b"")); more = message.get("more_body", False)
+        try:
+            body = SCORE_BODY.model_validate_json(b"".join(chunks) or b"{}")
+            response = _json(ANSWERS, LIVE["service"]._score("score", body.applicants, body.request_id))
+        except ValidationError as e:  # as BentoML answers a body its IO descriptor refuses
+            HTTP_LOG.error("Exception on %s [%s]", scope["path"], "POST", exc_info=e)
+            response = JSONResponse({"error": f"{e.error_count()} validation error for {e.title}",
+                                     "detail": e.errors(include_context=False, include_input=False)}, status_code=400)
+        except BentoMLException as e:  # e.g. InvalidArgument from serve.full_validation: its status, its message
+            HTTP_LOG.error("Exception on %s [%s]", scope["path"], "POST", exc_info=e)
+            status = e.error_code.value
+            response = JSONResponse({"error": str(e) if status < 500 else UNEXPECTED}, status_code=status)
+        except Exception as e:
+            HTTP_LOG.error("Exception on %s [%s]", scope["path"], "POST", exc_info=e)
+            response = JSONResponse({"error": UNEXPECTED}, status_code=500)
+        response.headers["server"] = "BentoML Service/riskops"
+        await response(scope, receive, send)
+
+
+UNEXPECTED = "An unexpected error has occurred, please check the server log."
 
 
 def _json(adapter: TypeAdapter, value) -> Response:
@@ -180,7 +215,10 @@ def _model_ref():
 
 @bentoml.service(name="riskops", workers=SERVE["workers"], threads=SERVE["threads"],
                  traffic={"timeout": SERVE["timeout_s"]},
-                 logging={"access": {"enabled": bool(SERVE.get("access_log", True))}})
+                 logging={"access": {"enabled": bool(SERVE.get("access_log", True))}},
+                 # no OpenTelemetry spans for the scoring endpoints: BentoML records them even at its default sample
+                 # rate 0 (nothing exported), about a fifth of a /score request's CPU time (bench/serve.py)
+                 tracing={"excluded_urls": list(PROTECTED)})
 class RiskService:
     model_ref = _model_ref()  # recorded in the bento at build time
 
@@ -262,7 +300,8 @@ class RiskService:
 
     @bentoml.api(input_spec=BODIES["score"])
     def score(self, applicants: list, request_id: str | None = None) -> list[ScoreAnswer]:
-        "Score up to serve.max_list applicants: risk score, grade, scaled score, decision, reason codes."
+        """Score up to serve.max_list applicants: risk score, grade, scaled score, decision, reason codes. (Over HTTP,
+        `RequestGate._scored` answers it with the same body model and `_score`; this method is BentoML's schema.)"""
         return _json(ANSWERS, self._score("score", applicants, request_id))
 
     @bentoml.api(batchable=True, max_batch_size=SERVE["max_batch_size"], max_latency_ms=SERVE["max_latency_ms"],
@@ -291,4 +330,5 @@ class RiskService:
                  "" if drained else " (left in the spool for the next start)")
 
 
+SCORE_BODY = RiskService.apis["score"].input_spec  # /score's body model as BentoML built it from BODIES["score"]
 RiskService.add_asgi_middleware(RequestGate, token=os.environ.get("RISK_API_TOKEN") or None)

@@ -237,6 +237,33 @@ def test_invalid_requests_get_400_naming_the_fields(server, small_model):
         assert 400 <= r.status_code < 500, (raw, r.status_code)
 
 
+def test_score_answered_by_the_gate_as_bentoml_answers_its_own_endpoints(server, small_model):
+    """/score is answered by the service's middleware (RequestGate._scored), /score_batch by BentoML's own dispatch:
+    the same bad applicant gets the same 400 (each field's loc, msg and type, BentoML's error line), the same
+    applicants the same answers, and a body BentoML's JSON parser refuses is refused the same way."""
+    rows = _records(small_model["test"].head(3))
+    bad = [{**rows[0], "AGE": 7, "SEX": "x", "extra": 1}, {k: v for k, v in rows[1].items() if k != "PAY_0"},
+           {**rows[2], "LIMIT_BAL": "50000"}]
+    for applicant in bad:
+        mine = requests.post(server.url + "/score", json={"applicants": [applicant]}, headers=AUTH)
+        theirs = requests.post(server.url + "/score_batch", json={"applicants": [applicant]}, headers=AUTH)
+        assert mine.status_code == theirs.status_code == 400, (mine.text, theirs.text)
+        assert mine.json()["detail"] == theirs.json()["detail"], (mine.json(), theirs.json())
+        assert mine.json()["error"] == theirs.json()["error"].replace("ScoreBatchRequest", "ScoreRequest")
+        assert mine.headers["content-type"] == theirs.headers["content-type"] == "application/json"
+    for raw in (b"", b"not json", b"[]", b'{"applicants": null}', b'{"applicants": [1]}', b'{"applicants": [], "x": 1}'):
+        mine = requests.post(server.url + "/score", data=raw, headers={**AUTH, "content-type": "application/json"})
+        theirs = requests.post(server.url + "/score_batch", data=raw, headers={**AUTH, "content-type": "application/json"})
+        assert mine.status_code == theirs.status_code == 400, (raw, mine.text, theirs.text)
+        assert [d["type"] for d in mine.json()["detail"]] == [d["type"] for d in theirs.json()["detail"]], raw
+    single = requests.post(server.url + "/score", json={"applicants": rows}, headers=AUTH)
+    assert single.status_code == 200 and single.headers["server"] == "BentoML Service/riskops"
+    batched = [requests.post(server.url + "/score_batch", json={"applicants": [r]}, headers=AUTH).json()[0] for r in rows]
+    drop = lambda a: {k: v for k, v in a.items() if k not in ("scored_at", "request_id")}
+    assert [drop(a) for a in single.json()] == [drop(a) for a in batched]
+    assert len({a["request_id"] for a in single.json()}) == 1  # one request, one id (the caller's when given)
+
+
 def test_score_batch_under_concurrency_and_explain(server, small_model, small_params):
     rows = _records(small_model["test"].head(24))
     single = requests.post(server.url + "/score", json={"applicants": rows[:5]}, headers=AUTH).json()
