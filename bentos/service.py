@@ -70,7 +70,8 @@ AUDIT = bentoml.metrics.Gauge(name="riskops_audit_records", documentation="Audit
 RISK = bentoml.metrics.Histogram(name="riskops_risk_score", documentation="Risk scores (probability of default)",
                                  buckets=[0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0])
 SWAPS = bentoml.metrics.Counter(name="riskops_model_swaps", documentation="Model snapshots from the store: swapped in, "
-                                "or refused (sha mismatch, failed warm-up) while the old one kept serving", labelnames=["result"])
+                                "refused (sha mismatch, failed warm-up) while the old one kept serving, retry (a transient failure, tried again), "
+                                "challenger_failed (swapped in, its challenger left out: the champion serves alone)", labelnames=["result"])
 SHADOW = bentoml.metrics.Counter(name="riskops_shadow_scores", documentation="Applicants scored by the model that did not "
                                  "decide, off the response path: scored, dropped (queue full), failed", labelnames=["result"])
 CANARY, ID_COLUMN = float(SERVE.get("canary_share", 0.0)), PARAMS["data"].get("id")
@@ -224,7 +225,7 @@ class RiskService:
 
     def __init__(self) -> None:
         self.audit, self.personal = audit_trail(PARAMS), personal_policy(PARAMS)
-        for result in ("swapped", "refused"): SWAPS.labels(result=result)  # shown at 0 before the first swap
+        for result in ("swapped", "refused", "retry", "challenger_failed"): SWAPS.labels(result=result)  # shown at 0 before the first swap
         check_rows = check_sample(PARAMS)
         fallback = Served(Scorer(None, PARAMS), why=f"no BentoML model {MODEL_NAME!r}; export the champion with `riskops-export`")
         self.follower = Follower(fallback, StoreWatch(MODEL_NAME), store_loader(MODEL_NAME, PARAMS, check_rows),
@@ -254,7 +255,8 @@ class RiskService:
     def describe(self) -> dict:
         "The served model for /readyz: version, sha, challenger, snapshot, shadow and canary settings, swaps and refusals."
         return {**self.follower.served.describe(), "shadow": self.shadow is not None, "canary_share": CANARY,
-                "swaps": self.follower.swaps, "refused": len(self.follower.refused)}
+                "swaps": self.follower.swaps, "refused": len(self.follower.refused),
+                "challenger_failures": self.follower.challenger_failures, "retrying": len(self.follower.retrying)}
 
     def __is_ready__(self) -> bool:
         "Ready when the model is loaded (the fallback answers, but is not ready) and the audit backlog is under its bound."

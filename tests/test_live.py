@@ -478,6 +478,7 @@ def test_a_challenger_that_fails_its_check_leaves_the_champion_serving_alone(wor
     d = until(lambda: (lambda d: d if d["store_tag"] == tag else None)(ready(srv)), timeout=20)
     assert (d["model_version"], d["challenger_version"], d["challenger_decides"]) == (v1, None, False), d
     assert f"challenger version {v2}" in d["challenger_error"] and "MANIFEST.json: sha256" in d["challenger_error"], d
+    assert d["challenger_failures"] >= 1 and d["retrying"] == 0, d  # counted by the worker that answered, not retried
     metric = [l for l in requests.get(srv.url + "/metrics").text.splitlines()
               if l.startswith("riskops_model_swaps_total") and 'result="challenger_failed"' in l]
     assert metric and float(metric[0].split()[-1]) >= 1, metric
