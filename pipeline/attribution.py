@@ -78,8 +78,9 @@ def heap_tables(tables: dict[str, np.ndarray], n_features: int) -> dict[str, np.
             "value": value, "col": col, "delta": delta}
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _walk(Xf, nf, offs, depths, feat, cond, nanr, value, col, delta, base, margin, out, credit):
-    "Margins (float32, from `base`) of the rows of the flat float32 `Xf` (n x nf) into `margin`; with `credit`, path credits into `out`."
+def _walk(Xf, nf, offs, depths, feat, cond, nanr, value, col, delta, base, margin, out, credit, nan):
+    """Margins (float32, from `base`) of the rows of the flat float32 `Xf` (n x nf) into `margin`; with `credit`, path
+    credits into `out`; `nan`: `Xf` may hold missing values (without, a step is one comparison less)."""
     n, block = margin.shape[0], 64
     at = np.zeros(block, np.uint32)
     row = np.empty(block, np.uint64)
@@ -95,7 +96,7 @@ def _walk(Xf, nf, offs, depths, feat, cond, nanr, value, col, delta, base, margi
                 for i in range(m):
                     h = at[i]
                     x, c = Xf[row[i] + np.uint64(feat[h])], cond[h]
-                    right = np.uint32(x >= c) | (np.uint32(nanr[h]) & np.uint32(x != x))
+                    right = np.uint32(x >= c) | (np.uint32(nanr[h]) & np.uint32(x != x)) if nan else np.uint32(x >= c)
                     at[i] = h + (h - o) + np.uint32(1) + right
                 if credit:
                     for i in range(m):
@@ -121,10 +122,11 @@ def base_margin(booster: xgb.Booster) -> np.float32:
 class PathAttribution:
     """Path (Saabas) attributions of a booster's margin: `attribute(X)` is XGBoost's `approx_contribs`, faster;
     `walk(X)` also gives the margin from the same pass (XGBoost's to the bit for a binary:logistic booster)."""
-    def __init__(self, booster: xgb.Booster):
-        self.tables = tree_tables(booster)
+    def __init__(self, booster: xgb.Booster, tables: dict | None = None, heap: dict | None = None):
+        "`tables`, `heap`: the booster's `tree_tables` and `heap_tables` if already made (e.g. by a `CompiledMargin`)."
+        self.tables = tables if tables is not None else tree_tables(booster)
         self.n_features = booster.num_features()
-        self.heap = heap_tables(self.tables, self.n_features)
+        self.heap = heap if heap is not None else heap_tables(self.tables, self.n_features)
         try: self.base = base_margin(booster)
         except ValueError: self.base = None
         probe = np.zeros((1, self.n_features), np.float32)
@@ -133,7 +135,8 @@ class PathAttribution:
 
     def _paths(self, X: np.ndarray, base=0.0) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros((len(X), self.n_features + 1))
-        margin = _walk(X.ravel(), self.n_features, *self.heap.values(), np.float32(base), np.zeros(len(X), np.float32), out, True)
+        margin = _walk(X.ravel(), self.n_features, *self.heap.values(), np.float32(base), np.zeros(len(X), np.float32), out, True,
+                       bool(np.isnan(X).any()))
         return margin, out
 
     def attribute(self, X) -> np.ndarray:
@@ -153,7 +156,8 @@ class CompiledMargin:
     def __init__(self, booster: xgb.Booster, X_check: np.ndarray):
         self.base = base_margin(booster)  # XGBoost's base margin: the base score's log-odds, as float32
         self.n_features = booster.num_features()
-        self.heap = heap_tables(tree_tables(booster), self.n_features)
+        self.tables = tree_tables(booster)
+        self.heap = heap_tables(self.tables, self.n_features)
         X = np.ascontiguousarray(X_check, dtype=np.float32)
         if not np.array_equal(self.margin(X), booster.inplace_predict(X, predict_type="margin")):
             raise ValueError("compiled margins differ from XGBoost's")
@@ -162,4 +166,4 @@ class CompiledMargin:
         "Margins (n,) of featurized rows `X` (n x features), float32 like XGBoost's."
         X = _flat(X, self.n_features)
         return _walk(X.ravel(), self.n_features, *self.heap.values(), self.base, np.zeros(len(X), np.float32),
-                     np.zeros((1, 1)), False)
+                     np.zeros((1, 1)), False, bool(np.isnan(X).any()))

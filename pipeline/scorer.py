@@ -39,7 +39,8 @@ def checked_paths(estimator, X: np.ndarray) -> PathAttribution | None:
     """Compiled path attributions of a merged booster, kept only if they equal XGBoost's approx_contribs on `X`;
     `.margin_checked` says whether the margins of the same pass are XGBoost's `inplace_predict` to the bit on `X`."""
     try:
-        paths = PathAttribution(estimator.booster_)
+        compiled = getattr(estimator, "_compiled", None)  # its trees' tables, if `compile` made them: read once
+        paths = PathAttribution(estimator.booster_, *((compiled.tables, compiled.heap) if compiled is not None else ()))
         margin, contribs = paths.walk(X)
         if not np.allclose(contribs, estimator.contributions(X, approx=True), atol=1e-4):
             raise ValueError("path attributions differ from XGBoost's approx_contribs")
