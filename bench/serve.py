@@ -10,7 +10,8 @@ Measures, on this machine:
   p50/p99 over keep-alive connections, then throughput, p99 and errors with 16 concurrent clients for 10 s;
 - the batch job (pipeline.score.run_job, params.yaml settings) in rows/s on 1,000,000 rows next to raw XGBoost
   `inplace_predict` (every core) on the same rows: reason codes for declined rows (the default), for none,
-  for all, and by exact SHAP for declined rows (timed on a tenth of the rows);
+  for all, and by exact SHAP for declined rows (timed on a tenth of the rows); each ratio beside its goal
+  (issue #17: >= 0.80 for declined rows, >= 0.60 for all); --batch-only: this alone;
 - the cost of shadow scoring (`serve.shadow`): sequential `/score` p50 with and without, in the same `bentoml serve`,
   flipped by hot swaps between a snapshot whose challenger is the bundle itself and one with no challenger
   (--shadow-only: this alone).
@@ -44,7 +45,8 @@ from pipeline.scorer import Scorer, check_sample  # noqa: E402
 BUNDLE = "models/bundle"  # the bundle `dvc repro` builds (the one `register` registers)
 
 BIN = Path(sys.executable).parent
-TARGETS = {"p50_ms": 5.0, "p99_ms": 15.0, "p99_16_ms": 100.0, "batch_ratio": 0.5, "shadow_ms": 0.3}
+TARGETS = {"p50_ms": 5.0, "p99_ms": 15.0, "p99_16_ms": 100.0, "shadow_ms": 0.3}
+BATCH_GOALS = {"declined": 0.80, "all": 0.60}  # issue #17: job rows/s over raw inplace_predict on every core
 
 
 def free_port() -> int:
@@ -174,7 +176,10 @@ def in_process(params: dict, rows: pd.DataFrame, n: int) -> dict:
             "audit_p50_ms": float(np.percentile(with_audit, 50) - np.percentile(without, 50))}
 
 
-def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
+BATCH_MODES = ("declined", "none", "all", "declined_exact")
+
+
+def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path, modes=BATCH_MODES) -> dict:
     from pipeline.score import run_job
     big = pd.concat([test] * (n_rows // len(test) + 1), ignore_index=True).head(n_rows)
     path = tmp / "batch.parquet"
@@ -184,12 +189,17 @@ def batch(params: dict, test: pd.DataFrame, n_rows: int, tmp: Path) -> dict:
     booster = bundle.model.estimator.booster_
     booster.set_param({"nthread": os.cpu_count()})  # raw: XGBoost alone on every core
     booster.inplace_predict(X[:1000])
-    t = time.perf_counter()
-    booster.inplace_predict(X)  # the model's own margin, nothing else
-    raw = n_rows / (time.perf_counter() - t)
-    out = {"rows": n_rows, "raw_inplace_rows_s": raw, "workers": params["serve"]["batch"]["workers"]}
+    took = []
+    for _ in range(3):  # best of 3: the job is compared with XGBoost at its fastest
+        t = time.perf_counter()
+        booster.inplace_predict(X)  # the model's own margin, nothing else
+        took.append(time.perf_counter() - t)
+    raw = n_rows / min(took)
+    out = {"rows": n_rows, "raw_inplace_rows_s": raw, "workers": params["serve"]["batch"]["workers"],
+           "chunk_rows": params["serve"]["batch"]["chunk_rows"]}
     for label, mode, contribs in (("declined", "declined", params["serve"]["contributions"]), ("none", "none", "approx"),
                                   ("all", "all", params["serve"]["contributions"]), ("declined_exact", "declined", "exact")):
+        if label not in modes: continue
         p = {**params, "serve": {**params["serve"], "contributions": contribs,
                                  "batch": {**params["serve"]["batch"], "reason_codes_for": mode}}}
         src, rows = path, n_rows
@@ -263,6 +273,9 @@ def main() -> int:
     ap.add_argument("--skip-shadow", action="store_true", help="without the cost of shadow scoring")
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows for the batch job (default 1,000,000)")
     ap.add_argument("--skip-batch", action="store_true", help="servers only")
+    ap.add_argument("--batch-only", action="store_true", help="only the batch job (no servers, no shadow scoring)")
+    ap.add_argument("--batch-modes", default=",".join(BATCH_MODES),
+                    help=f"reason-code modes of the batch job to time, comma-separated (default {','.join(BATCH_MODES)})")
     ap.add_argument("--shadow-only", action="store_true", help="only the cost of shadow scoring")
     ap.add_argument("--bundle", default=BUNDLE, help=f"the model bundle folder (default {BUNDLE})")
     args = ap.parse_args()
@@ -270,6 +283,13 @@ def main() -> int:
     params = load_params()
     test = pd.read_parquet("data/split/test.parquet").drop(columns=params["data"]["target"])
     body = json.dumps({"applicants": json.loads(test.head(1).to_json(orient="records"))}).encode()
+    if args.batch_only:
+        tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+        results = {"batch": batch(params, test, args.rows, tmp, args.batch_modes.split(","))}
+        report_batch(results["batch"])
+        (tmp / "results.json").write_text(json.dumps(results, indent=2))
+        print(f"\nraw figures: {tmp / 'results.json'}")
+        return 0
     if args.shadow_only:
         report_shadow(shadow_cost(params, body, args.requests, Path(tempfile.mkdtemp(prefix="bench-shadow-"))))
         return 0
@@ -293,7 +313,7 @@ def main() -> int:
         for name in servers: results[name] = {**seq[name], **{f"{k}_{args.clients}": v for k, v in conc[name].items()}}
     finally:
         for proc in procs.values(): stop(proc)
-    if not args.skip_batch: results["batch"] = batch(params, test, args.rows, tmp)
+    if not args.skip_batch: results["batch"] = batch(params, test, args.rows, tmp, args.batch_modes.split(","))
     if not args.skip_shadow: results["shadow"] = shadow_cost(params, body, args.requests, tmp)
     report(results, args.clients)
     if not args.skip_shadow: report_shadow(results["shadow"])
@@ -341,14 +361,19 @@ def report(r: dict, c: int) -> None:
           f"req/s bentoml/fastapi {rps_ratio:.2f}, ratio to the goal {rps_ratio / rps_goal:.2f} (>= 1 meets it)")
     print(f"bentoml p50 / in-process p50: {b['p50_ms'] / ip['p50_ms']:.2f}; p50 / target: {b['p50_ms'] / TARGETS['p50_ms']:.2f}; "
           f"p99 / target: {b['p99_ms'] / TARGETS['p99_ms']:.2f}; {c}-client p99 / target: {b[f'p99_ms_{c}'] / TARGETS['p99_16_ms']:.2f}")
-    if "batch" in r:
-        bt = r["batch"]
-        raw = bt["raw_inplace_rows_s"]
-        print(f"\nbatch job on {bt['rows']:,} rows, {bt['workers']} workers; raw inplace_predict on every core {raw:,.0f} rows/s "
-              f"(target ratio >= {TARGETS['batch_ratio']})")
-        for k in ("declined", "none", "all", "declined_exact"):
-            v = bt[f"job_{k}_rows_s"]
-            print(f"  job, reason codes {k:16s} {v:12,.0f} rows/s   ratio to raw {v / raw:.3f}")
+    if "batch" in r: report_batch(r["batch"])
+
+
+def report_batch(bt: dict) -> None:
+    raw = bt["raw_inplace_rows_s"]
+    print(f"\nbatch job on {bt['rows']:,} rows, {bt['workers']} workers, chunks of {bt.get('chunk_rows', '?'):,} rows; "
+          f"raw inplace_predict on every core ({os.cpu_count()}) {raw:,.0f} rows/s (best of 3)")
+    for k in BATCH_MODES:
+        if f"job_{k}_rows_s" not in bt: continue
+        v = bt[f"job_{k}_rows_s"]
+        goal = BATCH_GOALS.get(k)
+        verdict = "" if goal is None else f"   goal >= {goal:.2f}: {'met' if v / raw >= goal else 'NOT met'}"
+        print(f"  job, reason codes {k:16s} {v:12,.0f} rows/s   ratio to raw {v / raw:.3f}{verdict}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import numpy as np
 import xgboost as xgb
 
 # %% auto #0
-__all__ = ['tree_tables', 'PathAttribution', 'CompiledMargin']
+__all__ = ['MAX_DEPTH', 'tree_tables', 'heap_tables', 'base_margin', 'PathAttribution', 'CompiledMargin']
 
 # %% ../nbs/09_attribution.ipynb #8dfc3fd0
 def tree_tables(booster: xgb.Booster) -> dict[str, np.ndarray]:
@@ -47,81 +47,123 @@ def tree_tables(booster: xgb.Booster) -> dict[str, np.ndarray]:
             "conds": np.array(conds, np.float32), "deltas": np.array(deltas, np.float64)}
 
 # %% ../nbs/09_attribution.ipynb #77114c50
-@numba.njit(nogil=True, cache=True)
-def _path_contributions(X, roots, depths, nodes, conds, deltas, out):
-    n, block = X.shape[0], 64
-    at = np.empty(block, np.int64)
+MAX_DEPTH = 16
+
+def heap_tables(tables: dict[str, np.ndarray], n_features: int) -> dict[str, np.ndarray]:
+    """`tree_tables` laid out as complete trees in heap order: per tree its offset and depth; per position (all
+    trees: sum of 2^(depth+1) - 1) the split feature, threshold (float32) and whether a missing value goes right
+    (uint8), the leaf value (float32), and for the step into it the credited column (`n_features`: none) and the
+    change of mean value (float64). ValueError for a tree deeper than `MAX_DEPTH`."""
+    roots, depths, nodes, conds, deltas = (tables[k] for k in ("roots", "depths", "nodes", "conds", "deltas"))
+    if len(depths) and depths.max() > MAX_DEPTH: raise ValueError(f"trees deeper than {MAX_DEPTH} levels")
+    sizes = 2 ** (depths + 1) - 1
+    offs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    total = int(sizes.sum())
+    feat, cond, nanr = np.zeros(total, np.uint32), np.zeros(total, np.float32), np.zeros(total, np.uint8)
+    value, col, delta = np.zeros(total, np.float32), np.full(total, n_features, np.uint32), np.zeros(total, np.float64)
+    for t, (root, depth, off) in enumerate(zip(roots, depths, offs)):
+        stack = [(0, root, 0)]  # heap position, node of tree_tables, level
+        while stack:
+            h, n, level = stack.pop()
+            rec = nodes[n]
+            if level == depth: value[off + h] = conds[n]  # a leaf's condition holds its value
+            elif rec >= 0:
+                left, f = rec & 0xFFFFFFFF, (rec >> 32) & 0xFFFF
+                feat[off + h], cond[off + h], nanr[off + h] = f, conds[n], 1 - ((rec >> 48) & 1)
+                for j, child in ((2 * h + 1, left), (2 * h + 2, left + 1)):
+                    col[off + j], delta[off + j] = f, deltas[child]
+                    stack.append((j, child, level + 1))
+            else: stack += [(2 * h + 1, n, level + 1), (2 * h + 2, n, level + 1)]  # a leaf above the bottom: copied
+    return {"offs": offs, "depths": depths.astype(np.int64), "feat": feat, "cond": cond, "nanr": nanr,
+            "value": value, "col": col, "delta": delta}
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _walk(Xf, nf, offs, depths, feat, cond, nanr, value, col, delta, base, margin, out, credit, nan):
+    """Margins (float32, from `base`) of the rows of the flat float32 `Xf` (n x nf) into `margin`; with `credit`, path
+    credits into `out`; `nan`: `Xf` may hold missing values (without, a step is one comparison less)."""
+    n, block = margin.shape[0], 64
+    at = np.zeros(block, np.uint32)
+    row = np.empty(block, np.uint64)
     for lo in range(0, n, block):
-        hi = min(lo + block, n)
-        for t in range(roots.shape[0]):
-            for i in range(hi - lo): at[i] = roots[t]
+        m = min(lo + block, n) - lo
+        for i in range(m):
+            margin[lo + i] = base
+            row[i] = np.uint64(lo + i) * np.uint64(nf)
+        for t in range(offs.shape[0]):
+            o = np.uint32(offs[t])
+            for i in range(m): at[i] = o
             for _ in range(depths[t]):
-                for i in range(hi - lo):
-                    rec = nodes[at[i]]
-                    if rec >= 0:
-                        f = (rec >> 32) & 0xFFFF
-                        x, c = X[lo + i, f], conds[at[i]]
-                        right = (x >= c) if (rec >> 48) & 1 else not (x < c)
-                        nxt = (rec & 0xFFFFFFFF) + right
-                        out[lo + i, f] += deltas[nxt]
-                        at[i] = nxt
-    return out
+                for i in range(m):
+                    h = at[i]
+                    x, c = Xf[row[i] + np.uint64(feat[h])], cond[h]
+                    right = np.uint32(x >= c) | (np.uint32(nanr[h]) & np.uint32(x != x)) if nan else np.uint32(x >= c)
+                    at[i] = h + (h - o) + np.uint32(1) + right
+                if credit:
+                    for i in range(m):
+                        h = at[i]
+                        out[lo + i, col[h]] += delta[h]
+            for i in range(m): margin[lo + i] = np.float32(margin[lo + i] + value[at[i]])
+    return margin
+
+def _flat(X, n_features: int) -> np.ndarray:
+    "Featurized rows as one C-ordered float32 array, checked for width."
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if X.ndim != 2 or X.shape[1] != n_features: raise ValueError(f"X must have {n_features} columns, not {X.shape[1:]}")
+    return X
+
+def base_margin(booster: xgb.Booster) -> np.float32:
+    "XGBoost's base margin of a binary:logistic booster: the base score's log-odds, as float32 (ValueError for other objectives)."
+    learner = json.loads(booster.save_config())["learner"]
+    if learner["objective"]["name"] != "binary:logistic": raise ValueError("only binary:logistic boosters")
+    p = float(learner["learner_model_param"]["base_score"].strip("[]"))
+    return np.float32(np.log(p / (1 - p)))
 
 # %% ../nbs/09_attribution.ipynb #3f0b413c
 class PathAttribution:
-    "Path (Saabas) attributions of a booster's margin: `attribute(X)` is XGBoost's `approx_contribs`, faster."
-    def __init__(self, booster: xgb.Booster):
-        self.tables = tree_tables(booster)
+    """Path (Saabas) attributions of a booster's margin: `attribute(X)` is XGBoost's `approx_contribs`, faster;
+    `walk(X)` also gives the margin from the same pass (XGBoost's to the bit for a binary:logistic booster)."""
+    def __init__(self, booster: xgb.Booster, tables: dict | None = None, heap: dict | None = None):
+        "`tables`, `heap`: the booster's `tree_tables` and `heap_tables` if already made (e.g. by a `CompiledMargin`)."
+        self.tables = tables if tables is not None else tree_tables(booster)
         self.n_features = booster.num_features()
+        self.heap = heap if heap is not None else heap_tables(self.tables, self.n_features)
+        try: self.base = base_margin(booster)
+        except ValueError: self.base = None
         probe = np.zeros((1, self.n_features), np.float32)
         # the bias column: base margin plus every tree's root mean, i.e. the margin less the path credits
-        self.bias = float(booster.inplace_predict(probe, predict_type="margin")[0]) - self._paths(probe).sum()
+        self.bias = float(booster.inplace_predict(probe, predict_type="margin")[0]) - self._paths(probe)[1].sum()
 
-    def _paths(self, X: np.ndarray) -> np.ndarray:
+    def _paths(self, X: np.ndarray, base=0.0) -> tuple[np.ndarray, np.ndarray]:
         out = np.zeros((len(X), self.n_features + 1))
-        return _path_contributions(X, *self.tables.values(), out)
+        margin = _walk(X.ravel(), self.n_features, *self.heap.values(), np.float32(base), np.zeros(len(X), np.float32), out, True,
+                       bool(np.isnan(X).any()))
+        return margin, out
 
     def attribute(self, X) -> np.ndarray:
         "Attributions of the featurized rows `X` (n x features), plus a last column, the bias: each row sums to its margin."
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ValueError(f"X must have {self.n_features} columns, not {X.shape[1:]}")
-        out = self._paths(X)
+        return self.walk(X)[1]
+
+    def walk(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """Margins (n,), float32, and attributions (n, features + 1) of featurized rows `X` (n x features), in one pass.
+        The margin is XGBoost's (`inplace_predict`) for a binary:logistic booster, else NaN."""
+        margin, out = self._paths(_flat(X, self.n_features), 0.0 if self.base is None else self.base)
         out[:, -1] = self.bias
-        return out
+        return (margin if self.base is not None else np.full(len(margin), np.nan, np.float32)), out
 
 # %% ../nbs/09_attribution.ipynb #7e663558
-@numba.njit(nogil=True, cache=True)
-def _margins(X, roots, nodes, conds, base, out):
-    for i in range(X.shape[0]):
-        acc = np.float32(base)
-        for t in range(roots.shape[0]):
-            at = roots[t]
-            rec = nodes[at]
-            while rec >= 0:
-                f = (rec >> 32) & 0xFFFF
-                x, c = X[i, f], conds[at]
-                right = (x >= c) if (rec >> 48) & 1 else not (x < c)
-                at = (rec & 0xFFFFFFFF) + right
-                rec = nodes[at]
-            acc = np.float32(acc + conds[at])
-        out[i] = acc
-    return out
-
 class CompiledMargin:
     "A booster's margin (log-odds) in compiled code, bit for bit XGBoost's; refuses to build unless it matches on `X_check`."
     def __init__(self, booster: xgb.Booster, X_check: np.ndarray):
+        self.base = base_margin(booster)  # XGBoost's base margin: the base score's log-odds, as float32
+        self.n_features = booster.num_features()
         self.tables = tree_tables(booster)
-        learner = json.loads(booster.save_config())["learner"]
-        p = float(learner["learner_model_param"]["base_score"].strip("[]"))
-        if learner["objective"]["name"] != "binary:logistic": raise ValueError("only binary:logistic boosters")
-        self.base = np.float32(np.log(p / (1 - p)))  # XGBoost's base margin: the base score's log-odds, as float32
+        self.heap = heap_tables(self.tables, self.n_features)
         X = np.ascontiguousarray(X_check, dtype=np.float32)
         if not np.array_equal(self.margin(X), booster.inplace_predict(X, predict_type="margin")):
             raise ValueError("compiled margins differ from XGBoost's")
 
     def margin(self, X) -> np.ndarray:
         "Margins (n,) of featurized rows `X` (n x features), float32 like XGBoost's."
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        t = self.tables
-        return _margins(X, t["roots"], t["nodes"], t["conds"], self.base, np.zeros(len(X), np.float32))
+        X = _flat(X, self.n_features)
+        return _walk(X.ravel(), self.n_features, *self.heap.values(), self.base, np.zeros(len(X), np.float32),
+                     np.zeros((1, 1)), False, bool(np.isnan(X).any()))

@@ -26,11 +26,11 @@ class MergedBooster:
     def decision_function(self, X) -> np.ndarray:
         "Log-odds of default of a featurized matrix (n, features): shape (n,); XGBoost's margin, to the bit."
         compiled = getattr(self, "_compiled", None)
-        if compiled is not None and len(X) <= 256: return compiled.margin(X)  # checked equal to XGBoost's when built
+        if compiled is not None: return compiled.margin(X)  # checked equal to XGBoost's when built
         return self.booster_.inplace_predict(np.asarray(X, float), predict_type="margin")
 
     def compile(self, X_check) -> bool:
-        "Score small inputs with the compiled margin (`pipeline.attribution.CompiledMargin`) if it equals XGBoost's on `X_check`."
+        "Score with the compiled margin (`pipeline.attribution.CompiledMargin`) if it equals XGBoost's on `X_check`."
         from pipeline.attribution import CompiledMargin
         try: self._compiled = CompiledMargin(self.booster_, X_check)
         except ValueError: self._compiled = None

@@ -36,11 +36,16 @@ def check_sample(params: dict, n: int = 64, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 def checked_paths(estimator, X: np.ndarray) -> PathAttribution | None:
-    "Compiled path attributions of a merged booster, kept only if they equal XGBoost's approx_contribs on `X`."
+    """Compiled path attributions of a merged booster, kept only if they equal XGBoost's approx_contribs on `X`;
+    `.margin_checked` says whether the margins of the same pass are XGBoost's `inplace_predict` to the bit on `X`."""
     try:
-        paths = PathAttribution(estimator.booster_)
-        if not np.allclose(paths.attribute(X), estimator.contributions(X, approx=True), atol=1e-4):
+        compiled = getattr(estimator, "_compiled", None)  # its trees' tables, if `compile` made them: read once
+        paths = PathAttribution(estimator.booster_, *((compiled.tables, compiled.heap) if compiled is not None else ()))
+        margin, contribs = paths.walk(X)
+        if not np.allclose(contribs, estimator.contributions(X, approx=True), atol=1e-4):
             raise ValueError("path attributions differ from XGBoost's approx_contribs")
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        paths.margin_checked = bool(np.array_equal(margin, estimator.booster_.inplace_predict(X32, predict_type="margin")))
         return paths
     except Exception as e:  # XGBoost's own approximate contributions: the same numbers, slower
         get_logger("scorer").warning("compiled path attributions disabled: %s", e)
@@ -55,7 +60,9 @@ def reason_values(rows, raw: np.ndarray, numeric: list[str], names: list[str], w
         at = which[np.nonzero(hit)[0]]
         if names[f] in numeric:
             v = raw[at, numeric.index(names[f])]
-            out[hit] = [MISSING if np.isnan(x) else float(x) for x in v]
+            values = v.astype(object)  # Python floats
+            values[np.isnan(v)] = MISSING
+            out[hit] = values
         else: out[hit] = [code_of(x) or MISSING for x in column(rows, names[f])[at]]
     return out
 
@@ -126,13 +133,18 @@ def score(self: Scorer, rows, reasons=True) -> dict:
     """Arrays for validated rows: risk_score, risk_grade, scaled_score, decision (n,); for the rows `which` that need
     reasons (`reasons`: a mask, True/False, or `all`/`declined`/`none`): reason fields, values and contributions (m, k)."""
     X, raw = self.matrix(rows)
-    p = self.probability(X)
+    every = reasons is True or (isinstance(reasons, str) and reasons == "all")
+    if every and self.k and getattr(self.paths, "margin_checked", False):  # one pass: margins and every row's credits
+        margin, credits = self.paths.walk(X)
+        p, contribs = self.model.calibrated.probability(margin), field_sums(credits[:, :-1], self.fields)[0]
+    else: p, contribs = self.probability(X), None
     rules = apply_rules(p, self.rules)
     if isinstance(reasons, str): reasons = {"all": True, "none": False, "declined": rules["decision"] == "decline"}[reasons]
     mask = np.full(len(p), reasons) if isinstance(reasons, bool) else np.asarray(reasons, bool)
     which = np.flatnonzero(mask) if self.k else np.array([], int)
     names = np.array(self.field_names() + [None], dtype=object)
-    idx, val = top_reasons(self.field_contributions(X[which]), self.k) if len(which) else (np.zeros((0, self.k), int), np.zeros((0, self.k)))
+    if contribs is None and len(which): contribs = self.field_contributions(X[which])
+    idx, val = top_reasons(contribs, self.k) if len(which) else (np.zeros((0, self.k), int), np.zeros((0, self.k)))
     return {"risk_score": p, **rules, "which": which, "reason": names[idx],
             "reason_value": reason_values(rows, raw, self.numeric, list(names[:-1]), which, idx), "reason_contribution": val}
 
