@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.feather as feather
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
@@ -26,8 +27,8 @@ from .scorer import Scorer
 from .validate import validate_for_scoring
 
 # %% auto #0
-__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'check_output', 'job_manifest', 'combine', 'quarantine_text', 'run_job',
-           'check_bad_share', 'score_parser', 'main']
+__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'check_output', 'ScoresWriter', 'read_part', 'job_manifest', 'combine',
+           'quarantine_text', 'run_job', 'check_bad_share', 'score_parser', 'main']
 
 # %% ../nbs/13_score.ipynb #613fc597
 def count_rows(path: str | Path) -> int | None:
@@ -69,12 +70,54 @@ def check_output(scores: pd.DataFrame, quarantine: pd.DataFrame, chunk: pd.DataF
         if s.isna().any() or (s < 0).any() or (s > 1).any(): raise AssertionError("risk_score outside [0, 1]")
         if not scores["risk_grade"].between(1, n_grades).all(): raise AssertionError("risk_grade out of range")
 
+# %% ../nbs/13_score.ipynb #b7a1c0df
+class ScoresWriter:
+    """Appends chunks' scores (Arrow tables, in chunk order) to a parquet `out` through a temporary file; renamed
+    into place on a clean exit. `finished` is False when it gave up: a csv `out`, no rows, a null-typed column in
+    the first table, or a later table whose types differ other than by null columns. A context manager: an
+    exception leaves no file behind."""
+    def __init__(self, out: Path):
+        self.out, self.tmp = Path(out), Path(out).with_suffix(Path(out).suffix + ".tmp")
+        self.writer, self.schema, self.rows, self.ok, self.finished = None, None, 0, Path(out).suffix == ".parquet", False
+
+    def add(self, table: pa.Table) -> None:
+        if not self.ok or not table.num_rows: return
+        if self.schema is None:
+            if any(pa.types.is_null(f.type) for f in table.schema): return self.give_up()
+            self.schema, self.writer = table.schema, pq.ParquetWriter(self.tmp, table.schema)
+        elif not table.schema.equals(self.schema):
+            if table.schema.names != self.schema.names or any(
+                    f.type != self.schema.field(f.name).type and not pa.types.is_null(f.type) for f in table.schema):
+                return self.give_up()
+            table = table.cast(self.schema)  # a column empty in this chunk: null, as `combine` promotes it
+        self.writer.write_table(table)
+        self.rows += table.num_rows
+
+    def give_up(self) -> None:
+        self.ok = False
+        if self.writer is not None: self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self): return self
+
+    def __exit__(self, kind, *_):
+        if kind is not None or not self.ok or self.writer is None: return self.give_up()
+        self.writer.close()
+        os.replace(self.tmp, self.out)
+        self.finished = True
+
 # %% ../nbs/13_score.ipynb #e6eff229
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+def _write_atomic(df, path: Path) -> None:
+    "Write a frame (or an Arrow table, as `.arrow`) to a temporary name, then rename: the file is complete or absent."
     tmp = path.with_suffix(path.suffix + ".tmp")
-    if path.suffix == ".parquet": df.to_parquet(tmp, index=False)
+    if path.suffix == ".arrow": feather.write_feather(df, tmp, compression="uncompressed")
+    elif path.suffix == ".parquet": df.to_parquet(tmp, index=False)
     else: df.to_csv(tmp, index=False)
     os.replace(tmp, path)
+
+def read_part(path: Path) -> pa.Table:
+    "A part file as an Arrow table: `.arrow` (Arrow IPC, memory-mapped: no decoding) or `.parquet`."
+    return feather.read_table(path, memory_map=True) if path.suffix == ".arrow" else pq.read_table(path)
 
 def job_manifest(input_path: Path, bundle_sha: str, chunk_rows: int, params: dict) -> dict:
     "What a set of parts was made from: resuming with anything else would mix answers."
@@ -85,7 +128,7 @@ def job_manifest(input_path: Path, bundle_sha: str, chunk_rows: int, params: dic
 
 def combine(parts: list[Path], out: Path) -> int:
     "Concatenate part files into `out` (parquet or csv) in arrow, without a pandas copy; returns the rows written."
-    tables = [t for t in map(pq.read_table, parts) if t.num_rows]
+    tables = [t for t in map(read_part, parts) if t.num_rows]
     if not tables:
         _write_atomic(pd.DataFrame(), out)
         return 0
@@ -105,12 +148,14 @@ def quarantine_text(quarantine: pd.DataFrame) -> pd.DataFrame:
     "Quarantined rows as written: every column text but `_row` (a broken value is kept as it was read)."
     return quarantine.astype({c: str for c in quarantine.columns if c not in ("_row",)})
 
-def _score_part(chunk: pd.DataFrame, scorer: Scorer, params: dict, n_grades: int, part: Path, qpart: Path) -> None:
-    "Score, check and write one chunk (a worker thread's task): the scores part last, as the mark that it is done."
+def _score_part(chunk: pd.DataFrame, scorer: Scorer, params: dict, n_grades: int, part: Path, qpart: Path) -> pa.Table:
+    "Score, check and write one chunk (a worker thread's task): the scores part last, as the mark that it is done; returns it."
     scores, quarantine = score_chunk(chunk, scorer, params)
     check_output(scores, quarantine, chunk, n_grades)
     _write_atomic(quarantine_text(quarantine), qpart)
-    _write_atomic(scores, part)
+    table = pa.Table.from_pandas(scores, preserve_index=False)
+    _write_atomic(table, part)
+    return table
 
 def run_job(input_path, output_path, bundle, params: dict, chunk_rows: int | None = None,
             restart: bool = False, progress: bool = True) -> dict:
@@ -133,26 +178,24 @@ def run_job(input_path, output_path, bundle, params: dict, chunk_rows: int | Non
     n = count_rows(input_path)
     total = math.ceil(n / chunk_rows) if n is not None else None
     workers, n_grades = params["serve"]["batch"]["workers"], len(bundle.rules["grade_edges"]) + 1
-    done = skipped = 0
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc="scoring", unit="chunk", disable=not progress) as bar:
-        running = deque()
+    skipped = 0
+    stream = ScoresWriter(output_path)
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc="scoring", unit="chunk", disable=not progress) as bar, stream:
+        running = deque()  # chunks in input order: a part done in an earlier run is read back in its place
         for i, chunk in read_chunks(input_path, chunk_rows):
-            part, qpart = work / f"part-{i:06d}.parquet", work / f"quarantine-{i:06d}.parquet"
+            part, qpart = work / f"part-{i:06d}.arrow", work / f"quarantine-{i:06d}.parquet"
             if part.exists() and qpart.exists():
                 skipped += 1
+                running.append(pool.submit(read_part, part))
+            else: running.append(pool.submit(_score_part, chunk, scorer, params, n_grades, part, qpart))
+            while len(running) > workers:  # read ahead one chunk per worker, no more; the output is written meanwhile
+                stream.add(running.popleft().result())
                 bar.update()
-                continue
-            running.append(pool.submit(_score_part, chunk, scorer, params, n_grades, part, qpart))
-            while len(running) > workers:  # read ahead one chunk per worker, no more
-                running.popleft().result()
-                done += 1
-                bar.update()
-        for job in running:
-            job.result()
-            done += 1
+        while running:
+            stream.add(running.popleft().result())
             bar.update()
-    parts = sorted(work.glob("part-*.parquet"))
-    n_scored = combine(parts, output_path)
+    done = len(parts := sorted(work.glob("part-*.arrow"))) - skipped
+    n_scored = stream.rows if stream.finished else combine(parts, output_path)
     qframes = [pd.read_parquet(p) for p in sorted(work.glob("quarantine-*.parquet"))]
     quarantine = pd.concat(qframes, ignore_index=True) if qframes else pd.DataFrame()
     qpath = output_path.with_name(output_path.stem + ".quarantine.csv")

@@ -83,11 +83,11 @@ def test_resume_after_kill_has_no_duplicates_or_losses(batch, small_model, small
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     parts = tmp_path / "scores.parquet.parts"
     end = time.time() + 120
-    while time.time() < end and len(list(parts.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+    while time.time() < end and len(list(parts.glob("part-*.arrow"))) < 3 and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = len(list(parts.glob("part-*.parquet")))
+    done_before = len(list(parts.glob("part-*.arrow")))
     assert 3 <= done_before < 30, "the job must be killed part-way"
     # another chunk size cannot resume these parts
     other = subprocess.run(cmd[:-1] + ["250"], cwd=ROOT, capture_output=True, text=True)
