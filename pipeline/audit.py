@@ -182,7 +182,7 @@ def read_lines(path: Path, offset: int, max_lines: int, chunk: int = 1 << 20) ->
             more = f.read(chunk)
             if not more: break
             buf += more
-    lines = buf[:buf.rfind(b"\n") + 1].split(b"\n")[:-1][:max_lines]
+    lines = buf.split(b"\n", max_lines)[:-1]  # no more splits than lines wanted; the last part: the rest, or unfinished
     return lines, offset + sum(len(l) + 1 for l in lines)
 
 # %% ../nbs/12_audit.ipynb #c8086723
@@ -319,14 +319,26 @@ def _scan(self) -> None:
 
 AuditTrail._scan = _scan
 
+# %% ../nbs/12_audit.ipynb #c3b8d915
+_FLAT = frozenset({str, int, float, bool, type(None)})
+_BIG = float(2 ** 63)  # orjson reads an integer beyond 64 bits as a float: such a record is read by json
+
+def _loads(line: bytes):
+    "`json.loads(line)`: by orjson when the record is flat and it cannot differ (NaN, big integers, lone surrogates: json)."
+    try: rec = orjson.loads(line)
+    except orjson.JSONDecodeError: return json.loads(line)
+    if type(rec) is dict and _FLAT.issuperset(map(type, vals := rec.values())) and \
+            all(-_BIG < v < _BIG for v in vals if type(v) is float): return rec
+    return json.loads(line)
+
 # %% ../nbs/12_audit.ipynb #484e81f4
 def _rows(self, lines: list[bytes]) -> tuple[list[dict], list[tuple[dict, str]]]:
     "The rows of spool lines, and the lines that are not records, with why."
-    rows, bad = [], []
+    rows, bad, known = [], [], frozenset(self.columns)
     for line in lines:
-        try: rec = json.loads(line)
+        try: rec = _loads(line)
         except ValueError as e: bad.append(({"spool_line": line.decode(errors="replace")}, f"not JSON: {e}")); continue
-        extra = set(rec) - set(self.columns) if isinstance(rec, dict) else {"(not an object)"}
+        extra = rec.keys() - known if isinstance(rec, dict) else {"(not an object)"}
         if extra: bad.append((rec if isinstance(rec, dict) else {"spool_line": rec}, f"unknown fields {sorted(extra)}"))
         else: rows.append({c: rec.get(c) for c in self.columns})
     return rows, bad

@@ -163,3 +163,41 @@ def test_database_rows_are_the_reference_rows(tmp_path):
             g = got[k]
             if isinstance(v, float) and math.isnan(v): assert g is None or math.isnan(g), k
             else: assert g == v and type(g) is type(v), (k, g, v)
+
+
+def test_spool_lines_are_read_as_json_reads_them():
+    "_loads gives json.loads's value (types and float bits included) or json's error, on random and damaged lines."
+    from pipeline.audit import _loads
+    rnd = random.Random(9)
+    specials = [b'{"a": NaN}', b'{"a": -Infinity}', b'{"a": 1e400}', b'{"a": 123456789012345678901234567890}',
+                b'{"a": -9223372036854775809}', b'{"a": 18446744073709551616}', b'{"a": "\\ud800"}', b'\xef\xbb\xbf{"a": 1}',
+                b'{"a": 1, "a": 2}', b'{"a": {"b": 99999999999999999999999}}', b'[1, 2]', b'"x"', b'', b'{"a": 1', b'{"a": "\xff"}',
+                b'{"a": 9223372036854775807.0}', b'{"a": 1.7976931348623157e308}', b'{"a": 5e-324}', b'{"a": 01}']
+    lines = specials + [json.dumps(rand_value(rnd) if rnd.random() < 0.3 else
+                                   {k: rand_scalar(rnd) for k in rnd.sample(["request_id", "position", "inputs", "threshold", "x"], 3)},
+                                   default=str).encode() for _ in range(40_000)]
+    for line in lines:
+        want, got = canonical_or_error(json.loads, line), canonical_or_error(_loads, line)
+        assert repr(got) == repr(want) and type(got) is type(want), line
+        if isinstance(want, dict):
+            for k, v in want.items():
+                assert type(got[k]) is type(v) and (not isinstance(v, float) or struct.pack("d", v) == struct.pack("d", got[k]))
+
+
+def test_read_lines_takes_complete_lines_only(tmp_path):
+    from pipeline.audit import read_lines
+    rnd = random.Random(10)
+    for n in range(300):
+        data = b"".join(rnd.choice([b"a", b"bb", b"", b"x" * rnd.randint(0, 50)]) + b"\n" for _ in range(rnd.randint(0, 40)))
+        data += rnd.choice([b"", b"unfinished", b"{"])
+        path = tmp_path / f"s{n}"; path.write_bytes(data)
+        offset = rnd.randint(0, len(data))
+        offset = data.rfind(b"\n", 0, offset) + 1  # a line start
+        max_lines = rnd.randint(0, 45)
+        chunk = rnd.choice([7, 64, 1 << 20])
+        buf = data[offset:offset + chunk]  # the reference: what read_lines did before (complete lines of one chunk)
+        while buf and b"\n" not in buf and offset + len(buf) < len(data): buf = data[offset:offset + len(buf) + chunk]
+        want = buf[:buf.rfind(b"\n") + 1].split(b"\n")[:-1][:max_lines]
+        lines, end = read_lines(path, offset, max_lines, chunk=chunk)
+        assert lines == want and end == offset + sum(len(l) + 1 for l in want)
+        if chunk > len(data): assert lines == data[offset:data.rfind(b"\n") + 1].split(b"\n")[:-1][:max_lines]
