@@ -19,10 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
+
+try: import orjson  # the fast paths; without it json writes (and reads) the same text, slower
+except ImportError: orjson = None
 
 from .core import get_logger
 
@@ -60,7 +62,7 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str
 
 def to_json(v) -> str:
     "Canonical JSON text: sorted keys, no spaces, strict (no NaN); the same text as `json.dumps(jsonable(v), sort_keys=True, separators=(',', ':'), default=str)`."
-    if _plain(v):
+    if orjson is not None and _plain(v):
         try: out = orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
         except TypeError: out = None  # an integer beyond 64 bits, a key that is not a string: the reference below
         if out is not None and _same_as_json(out): return out.decode()
@@ -277,7 +279,7 @@ _esc = json.encoder.encode_basestring_ascii
 
 def _quoted(s: str) -> str:
     "`s` as a JSON string, as json.dumps writes it (orjson's escaping is the same for ASCII without DEL, and faster)."
-    return orjson.dumps(s).decode() if s.isascii() and "\x7f" not in s else _esc(s)
+    return orjson.dumps(s).decode() if orjson is not None and s.isascii() and "\x7f" not in s else _esc(s)
 
 def _line(r: dict) -> str:
     "The spool line of record `r`: the text of `json.dumps(r, default=str)`, built directly when its values are plain."
@@ -325,6 +327,7 @@ _BIG = float(2 ** 63)  # orjson reads an integer beyond 64 bits as a float: such
 
 def _loads(line: bytes):
     "`json.loads(line)`: by orjson when the record is flat and it cannot differ (NaN, big integers, lone surrogates: json)."
+    if orjson is None: return json.loads(line)
     try: rec = orjson.loads(line)
     except orjson.JSONDecodeError: return json.loads(line)
     if type(rec) is dict and _FLAT.issuperset(map(type, vals := rec.values())) and \

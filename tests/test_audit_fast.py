@@ -201,3 +201,21 @@ def test_read_lines_takes_complete_lines_only(tmp_path):
         lines, end = read_lines(path, offset, max_lines, chunk=chunk)
         assert lines == want and end == offset + sum(len(l) + 1 for l in want)
         if chunk > len(data): assert lines == data[offset:data.rfind(b"\n") + 1].split(b"\n")[:-1][:max_lines]
+
+
+def test_without_orjson_the_text_is_the_same(monkeypatch):
+    "orjson is an optional speed-up: without it (a bento that does not ship it) every path is json's, same text."
+    import pipeline.audit as audit
+    rnd = random.Random(11)
+    values = [rand_value(rnd) for _ in range(3000)]
+    lines = [json.dumps(rand_value(rnd), default=str).encode() for _ in range(3000)]
+    recs = [{"request_id": rand_str(rnd), "position": rnd.randint(0, 9), "inputs": rand_str(rnd), "threshold": rand_float(rnd)}
+            for _ in range(3000)]
+    with_it = ([canonical_or_error(audit.to_json, v) for v in values], [repr(canonical_or_error(audit._loads, l)) for l in lines],
+               [audit._line(r) for r in recs])
+    monkeypatch.setattr(audit, "orjson", None)
+    without = ([canonical_or_error(audit.to_json, v) for v in values], [repr(canonical_or_error(audit._loads, l)) for l in lines],
+               [audit._line(r) for r in recs])
+    assert with_it == without
+    assert without[0] == [canonical_or_error(reference_to_json, v) for v in values]
+    assert without[2] == [json.dumps(r, default=str) for r in recs]
