@@ -11,6 +11,7 @@ import hmac
 import json
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -22,12 +23,31 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from tenacity import Retrying, retry_if_exception, wait_exponential_jitter
 
+try: import orjson  # the fast paths; without it json writes (and reads) the same text, slower
+except ImportError: orjson = None
+
 from .core import get_logger
 
 # %% auto #0
 __all__ = ['DEFAULT_SALT', 'PERSONAL_ACTIONS', 'META', 'AUDIT_TABLE', 'COLUMNS', 'log', 'jsonable', 'to_json', 'audit_salt',
            'protect', 'personal_policy', 'audit_records', 'audit_table', 'audit_engine', 'is_transient',
            'insert_ignoring_duplicates', 'read_lines', 'Spool', 'AuditTrail', 'audit_url', 'audit_trail']
+
+# %% ../nbs/12_audit.ipynb #5e0a7b21
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SHORT_EXP = re.compile(rb"[0-9]e-[0-9](?![0-9])")  # orjson writes 1e-06 as "1e-6", 1e-05 as "0.00001"
+
+def _same_as_json(out: bytes) -> bool:
+    "Whether orjson's text `out` of plain values is the text json.dumps writes (else the reference path decides)."
+    if not out.isascii() or b"\x7f" in out or b"null" in out or b"0.0000" in out: return False  # null: NaN or inf, or None
+    return b"e-" not in out or not _SHORT_EXP.search(out)
+
+def _plain(v) -> bool:
+    "Whether `v` holds nothing but dicts, lists, tuples, str, int, float, bool and None (exact types)."
+    t = type(v)
+    if t is dict: v, t = v.values(), list
+    if t is list or t is tuple: return _SCALARS.issuperset(map(type, v)) or all(map(_plain, v))
+    return t in _SCALARS
 
 # %% ../nbs/12_audit.ipynb #fa017408
 def jsonable(v):
@@ -38,9 +58,15 @@ def jsonable(v):
     if isinstance(v, float) and not math.isfinite(v): return None if math.isnan(v) else str(v)
     return v
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+
 def to_json(v) -> str:
-    "Canonical JSON text: sorted keys, no spaces, strict (no NaN)."
-    return json.dumps(jsonable(v), sort_keys=True, separators=(",", ":"), default=str, allow_nan=False)
+    "Canonical JSON text: sorted keys, no spaces, strict (no NaN); the same text as `json.dumps(jsonable(v), sort_keys=True, separators=(',', ':'), default=str)`."
+    if orjson is not None and _plain(v):
+        try: out = orjson.dumps(v, option=orjson.OPT_SORT_KEYS)
+        except TypeError: out = None  # an integer beyond 64 bits, a key that is not a string: the reference below
+        if out is not None and _same_as_json(out): return out.decode()
+    return _CANONICAL.encode(jsonable(v))
 
 # %% ../nbs/12_audit.ipynb #59a3083f
 DEFAULT_SALT = "riskops-audit-default-salt-v1"  # public: set RISK_AUDIT_SALT to a secret in production
@@ -84,9 +110,9 @@ def audit_records(endpoint: str, request_id: str, inputs: list[dict], answers: l
     now = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     records = []
     for i, (row, ans) in enumerate(zip(inputs, answers)):
-        outputs = {k: (protect(v, personal, salt) if isinstance(v, dict) else v) for k, v in ans.items() if k not in META}
+        outputs = {k: (protect(v, personal, salt) if personal and isinstance(v, dict) else v) for k, v in ans.items() if k not in META}
         records.append({"request_id": request_id, "position": i, "endpoint": endpoint,
-                        "scored_at": ans.get("scored_at") or now, "inputs": to_json(protect(row, personal, salt)),
+                        "scored_at": ans.get("scored_at") or now, "inputs": to_json(protect(row, personal, salt) if personal else row),
                         "outputs": to_json(outputs), "threshold": ans.get("threshold"),
                         "model_name": ans.get("model_name"), "model_version": ans.get("model_version"),
                         "bundle_sha": ans.get("bundle_sha"), "method": ans.get("method"),
@@ -158,7 +184,7 @@ def read_lines(path: Path, offset: int, max_lines: int, chunk: int = 1 << 20) ->
             more = f.read(chunk)
             if not more: break
             buf += more
-    lines = buf[:buf.rfind(b"\n") + 1].split(b"\n")[:-1][:max_lines]
+    lines = buf.split(b"\n", max_lines)[:-1]  # no more splits than lines wanted; the last part: the rest, or unfinished
     return lines, offset + sum(len(l) + 1 for l in lines)
 
 # %% ../nbs/12_audit.ipynb #c8086723
@@ -247,11 +273,33 @@ class AuditTrail:
         "The mover runs and at most `max_pending` records (default: the constructor's) wait in the spool."
         return self._thread.is_alive() and self.pending <= (self.max_pending if max_pending is None else max_pending)
 
+# %% ../nbs/12_audit.ipynb #d2a6f7c8
+_LINE = json.JSONEncoder(default=str)  # a spool line: json.dumps(record, default=str), ASCII
+_esc = json.encoder.encode_basestring_ascii
+
+def _quoted(s: str) -> str:
+    "`s` as a JSON string, as json.dumps writes it (orjson's escaping is the same for ASCII without DEL, and faster)."
+    return orjson.dumps(s).decode() if orjson is not None and s.isascii() and "\x7f" not in s else _esc(s)
+
+def _line(r: dict) -> str:
+    "The spool line of record `r`: the text of `json.dumps(r, default=str)`, built directly when its values are plain."
+    parts = []
+    for k, v in r.items():
+        t = type(v)
+        if t is str: s = _quoted(v)
+        elif t is float and v - v == 0: s = float.__repr__(v)
+        elif t is int: s = int.__repr__(v)
+        elif v is None: s = "null"
+        else: return _LINE.encode(r)  # NaN, inf, bool, numpy, anything else: json itself
+        if type(k) is not str: return _LINE.encode(r)
+        parts.append(f"{_esc(k)}: {s}")
+    return "{" + ", ".join(parts) + "}"
+
 # %% ../nbs/12_audit.ipynb #7f1963b1
 def _write(self, records: list[dict]) -> None:
     "Append one request's `records` to the spool; returns once they are in the file (not yet the database)."
     if not records: return
-    data = b"".join(json.dumps(r, default=str).encode() + b"\n" for r in records)
+    data = "".join([_line(r) + "\n" for r in records]).encode()
     with self._lock:
         if self._closed: raise RuntimeError("the audit trail is closed")
         self.own.append(data)
@@ -273,14 +321,27 @@ def _scan(self) -> None:
 
 AuditTrail._scan = _scan
 
+# %% ../nbs/12_audit.ipynb #c3b8d915
+_FLAT = frozenset({str, int, float, bool, type(None)})
+_BIG = float(2 ** 63)  # orjson reads an integer beyond 64 bits as a float: such a record is read by json
+
+def _loads(line: bytes):
+    "`json.loads(line)`: by orjson when the record is flat and it cannot differ (NaN, big integers, lone surrogates: json)."
+    if orjson is None: return json.loads(line)
+    try: rec = orjson.loads(line)
+    except orjson.JSONDecodeError: return json.loads(line)
+    if type(rec) is dict and _FLAT.issuperset(map(type, vals := rec.values())) and \
+            all(-_BIG < v < _BIG for v in vals if type(v) is float): return rec
+    return json.loads(line)
+
 # %% ../nbs/12_audit.ipynb #484e81f4
 def _rows(self, lines: list[bytes]) -> tuple[list[dict], list[tuple[dict, str]]]:
     "The rows of spool lines, and the lines that are not records, with why."
-    rows, bad = [], []
+    rows, bad, known = [], [], frozenset(self.columns)
     for line in lines:
-        try: rec = json.loads(line)
+        try: rec = _loads(line)
         except ValueError as e: bad.append(({"spool_line": line.decode(errors="replace")}, f"not JSON: {e}")); continue
-        extra = set(rec) - set(self.columns) if isinstance(rec, dict) else {"(not an object)"}
+        extra = rec.keys() - known if isinstance(rec, dict) else {"(not an object)"}
         if extra: bad.append((rec if isinstance(rec, dict) else {"spool_line": rec}, f"unknown fields {sorted(extra)}"))
         else: rows.append({c: rec.get(c) for c in self.columns})
     return rows, bad
@@ -370,8 +431,8 @@ def _step(self) -> int:
                 if spool.size() == spool.offset: spool.truncate()
     else: return 0
     self._store(lines)
-    with self._lock:
-        spool.commit(offset); self._queued -= len(lines)
+    spool.commit(offset)  # only this thread moves or truncates the offset: the writers need not wait for its file
+    with self._lock: self._queued -= len(lines)
     return len(lines)
 
 AuditTrail._step = _step
