@@ -225,6 +225,7 @@ class RiskService:
 
     def __init__(self) -> None:
         self.audit, self.personal = audit_trail(PARAMS), personal_policy(PARAMS)
+        self.audit_gauges = [(AUDIT.labels(state=s), s) for s in ("pending", "failed", "written")]  # looked up once
         for result in ("swapped", "refused", "retry", "challenger_failed"): SWAPS.labels(result=result)  # shown at 0 before the first swap
         check_rows = check_sample(PARAMS)
         fallback = Served(Scorer(None, PARAMS), why=f"no BentoML model {MODEL_NAME!r}; export the champion with `riskops-export`")
@@ -265,7 +266,7 @@ class RiskService:
     def _audit(self, endpoint: str, request_id: str, records: list[dict], answers: list[dict], started: float) -> None:
         "Spool one record per applicant before the answer leaves (a failed append fails the request: never unaudited)."
         self.audit.write(audit_records(endpoint, request_id, records, answers, (time.perf_counter() - started) * 1000, self.personal))
-        for state in ("pending", "failed", "written"): AUDIT.labels(state=state).set(getattr(self.audit, state))
+        for gauge, state in self.audit_gauges: gauge.set(getattr(self.audit, state))
 
     def _score(self, endpoint: str, applicants: list, request_id: str | None = None) -> list[dict]:
         start = time.perf_counter()
