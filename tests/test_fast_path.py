@@ -1,12 +1,10 @@
 """The compiled walk (pipeline.attribution) and the scorer's one-pass path: XGBoost's numbers to the bit, on many rows."""
 import numpy as np
-import pandas as pd
 import pytest
 import xgboost as xgb
 
 import pipeline.attribution as attribution
 from pipeline.attribution import CompiledMargin, PathAttribution, heap_tables, tree_tables
-from tests.conftest import ROOT
 
 
 def _booster(seed: int, depth: int, n: int = 3000, missing: float = 0.15, rounds: int = 40, **extra) -> tuple:
@@ -55,13 +53,9 @@ def test_shared_tables_give_the_same_attributions():
 
 
 @pytest.fixture(scope="module")
-def champion():
-    from pipeline.bundle import load_bundle
-    from pipeline.core import load_params
-    if not (ROOT / "models/bundle/model.joblib").exists(): pytest.skip("no models/bundle (dvc repro)")
-    params = load_params(ROOT / "params.yaml")
-    test = pd.read_parquet(ROOT / "data/split/test.parquet").drop(columns=params["data"]["target"])
-    return load_bundle(ROOT / "models/bundle"), params, test
+def champion(small_bundle, small_params, small_splits):
+    "A trained XGBoost bundle (the small profile's; built by the tests, not by `dvc repro`) and its test split."
+    return small_bundle, small_params, small_splits["test"].drop(columns=small_params["data"]["target"])
 
 
 def test_scorer_one_pass_equals_the_separate_margin_and_credits(champion):
