@@ -89,7 +89,8 @@ def test_perturbations():
 @pytest.fixture(scope="module")
 def evaluated(raw, params):
     "A short search on the full default data, evaluated as the evaluate stage does."
-    p = {**params, "train": {**params["train"], "n_trials": 3}, "evaluate": {**params["evaluate"], "bootstrap": 20}}
+    p = {**params, "train": {**params["train"], "n_trials": 3, "ensemble_top_k": 1, "cv_folds": 3},
+         "evaluate": {**params["evaluate"], "bootstrap": 20}}
     rows, _, _ = validate_frame(raw, p)
     splits = split_frame(rows, p)
     models = train_models(splits, Featurizer.from_params(p).fit(splits["train"]), p, progress=False)["models"]

@@ -27,7 +27,8 @@ from tests.conftest import BIN, deep_merge, make_bundle
 def setting(raw, params, tmp_path_factory):
     "Full default data, default gate criteria, a short search; a fresh MLflow store."
     tmp = tmp_path_factory.mktemp("registry")
-    p = {**params, "train": {**params["train"], "n_trials": 3}, "evaluate": {**params["evaluate"], "bootstrap": 20}}
+    p = {**params, "train": {**params["train"], "n_trials": 3, "ensemble_top_k": 1, "cv_folds": 3},
+         "evaluate": {**params["evaluate"], "bootstrap": 20}}
     rows, _, _ = validate_frame(raw, p)
     splits = split_frame(rows, p)
     featurizer = Featurizer.from_params(p).fit(splits["train"])
@@ -78,7 +79,7 @@ def test_gate_promotes_refuses_rollback_restores_and_commands_work(setting):
     again = register(setting, reg, {"baseline": good["baseline"], "xgboost": one_tree(setting)})  # the same bundle
     assert not again["new"] and again["version"] == worse["version"] and reg.known() == [first["version"], worse["version"]]
 
-    p8 = {**p, "train": {**p["train"], "n_trials": 8}}
+    p8 = {**p, "train": {**p["train"], "n_trials": 8, "ensemble_top_k": 2}}  # a longer search, a bigger ensemble: a new bundle
     better = register(setting, reg, train_models(splits, featurizer, p8, progress=False)["models"])
     assert p["register"]["approvals_required"] == 1  # params.yaml: passing the gate is not enough to replace a champion
     assert better["verdict"].startswith("passed") and not better["promoted"] and reg.alias(CHALLENGER) == better["version"]
