@@ -75,6 +75,7 @@ SWAPS = bentoml.metrics.Counter(name="riskops_model_swaps", documentation="Model
 SHADOW = bentoml.metrics.Counter(name="riskops_shadow_scores", documentation="Applicants scored by the model that did not "
                                  "decide, off the response path: scored, dropped (queue full), failed", labelnames=["result"])
 CANARY, ID_COLUMN = float(SERVE.get("canary_share", 0.0)), PARAMS["data"].get("id")
+FULL_VALIDATION = bool(SERVE.get("full_validation"))
 LIVE: dict = {}  # this worker's RiskService, for /readyz (the middleware runs in the same process)
 
 
@@ -119,6 +120,7 @@ class RequestGate:
     It answers `POST /score` itself (`_scored`); the other endpoints go on to BentoML."""
     def __init__(self, app, token: str | None = None):
         self.app, self.token = app, token
+        self.expected = f"Bearer {token}".encode() if token else b""
 
     async def _refuse(self, send, status: int, message: str, extra=()):
         body = ('{"error": "%s"}' % message).encode()
@@ -155,18 +157,22 @@ class RequestGate:
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] == "/docs.json": return await self._documented(scope, receive, send)
-        if scope["type"] == "http" and scope["path"] == "/readyz": return await self._described(scope, receive, send)
-        if scope["type"] == "http" and scope["path"].rstrip("/") in PROTECTED:
-            headers = dict(scope["headers"])
-            given = headers.get(b"authorization", b"")
-            if self.token and not hmac.compare_digest(given, f"Bearer {self.token}".encode()):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        path = scope["path"]
+        if path == "/docs.json": return await self._documented(scope, receive, send)
+        if path == "/readyz": return await self._described(scope, receive, send)
+        if path.rstrip("/") in PROTECTED:
+            given, kind = b"", b"application/json"
+            for name, value in scope["headers"]:  # one pass over the raw headers (the last of a repeated one counts)
+                if name == b"authorization": given = value
+                elif name == b"content-type": kind = value
+            if self.token and not hmac.compare_digest(given, self.expected):
                 return await self._refuse(send, 401, "missing or wrong bearer token (Authorization: Bearer <token>)",
                                           [(b"www-authenticate", b"Bearer")])
-            kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-            if scope.get("method") == "POST" and kind not in (b"application/json", b""):
+            post = scope.get("method") == "POST"
+            if post and kind != b"application/json" and kind.split(b";")[0].strip().lower() not in (b"application/json", b""):
                 return await self._refuse(send, 415, "content-type: the body must be application/json")
-            if scope["path"] == "/score" and scope.get("method") == "POST" and LIVE.get("service") is not None:
+            if post and path == "/score" and LIVE.get("service") is not None:
                 return await self._scored(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -175,15 +181,17 @@ class RequestGate:
         so the same 400 answers naming each field), the same `RiskService._score` (audit, metrics, log, shadow,
         canary) and answer serializer as `RiskService.score`. BentoML's routing, request context, IO descriptors
         and its hop to a worker thread cost as much again as the rest of the request (bench/serve.py); its metrics,
-        timeout and error middleware still wrap this one."""
+        timeout and error middleware still wrap this one. The audit records are spooled before the answer is sent;
+        what does not change the answer (the score metrics, the audit gauges, the log line) runs after it is sent."""
         chunks, more = [], True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect": return
             chunks.append(message.get("body", b"")); more = message.get("more_body", False)
+        after = []
         try:
-            body = SCORE_BODY.model_validate_json(b"".join(chunks) or b"{}")
-            response = _json(ANSWERS, LIVE["service"]._score("score", body.applicants, body.request_id))
+            body = SCORE_BODY.model_validate_json((chunks[0] if len(chunks) == 1 else b"".join(chunks)) or b"{}")
+            answer = ANSWERS.dump_json(ANSWERS.validate_python(LIVE["service"]._score("score", body.applicants, body.request_id, after)))
         except ValidationError as e:  # as BentoML answers a body its IO descriptor refuses
             HTTP_LOG.error("Exception on %s [%s]", scope["path"], "POST", exc_info=e)
             response = JSONResponse({"error": f"{e.error_count()} validation error for {e.title}",
@@ -195,10 +203,17 @@ class RequestGate:
         except Exception as e:
             HTTP_LOG.error("Exception on %s [%s]", scope["path"], "POST", exc_info=e)
             response = JSONResponse({"error": UNEXPECTED}, status_code=500)
+        else:  # the headers starlette's Response writes for this body, then the server name, built without it
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(len(answer)).encode()), *ANSWER_HEADERS]})
+            await send({"type": "http.response.body", "body": answer})
+            for done in after: done()
+            return
         response.headers["server"] = "BentoML Service/riskops"
         await response(scope, receive, send)
 
 
+ANSWER_HEADERS = ((b"content-type", b"application/json"), (b"server", b"BentoML Service/riskops"))
 UNEXPECTED = "An unexpected error has occurred, please check the server log."
 
 
@@ -226,6 +241,7 @@ class RiskService:
     def __init__(self) -> None:
         self.audit, self.personal = audit_trail(PARAMS), personal_policy(PARAMS)
         self.audit_gauges = [(AUDIT.labels(state=s), s) for s in ("pending", "failed", "written")]  # looked up once
+        self.score_counts: dict = {}  # (grade, method) -> its riskops_scores child, looked up once
         for result in ("swapped", "refused", "retry", "challenger_failed"): SWAPS.labels(result=result)  # shown at 0 before the first swap
         check_rows = check_sample(PARAMS)
         fallback = Served(Scorer(None, PARAMS), why=f"no BentoML model {MODEL_NAME!r}; export the champion with `riskops-export`")
@@ -266,21 +282,24 @@ class RiskService:
     def _audit(self, endpoint: str, request_id: str, records: list[dict], answers: list[dict], started: float) -> None:
         "Spool one record per applicant before the answer leaves (a failed append fails the request: never unaudited)."
         self.audit.write(audit_records(endpoint, request_id, records, answers, (time.perf_counter() - started) * 1000, self.personal))
+
+    def _gauges(self) -> None:
+        "The audit trail's pending, failed and written records on /metrics."
         for gauge, state in self.audit_gauges: gauge.set(getattr(self.audit, state))
 
-    def _score(self, endpoint: str, applicants: list, request_id: str | None = None) -> list[dict]:
+    def _score(self, endpoint: str, applicants: list, request_id: str | None = None, after: list | None = None) -> list[dict]:
+        """The answers to `applicants`, audited (spooled) before they are returned. The score metrics, audit gauges
+        and log line run before returning too, or are appended to `after` (callables) for the caller to run once
+        the answer is sent."""
         start = time.perf_counter()
         served = self.follower.served  # read once: a swap during this request changes nothing for it
         records = [a.model_dump() for a in applicants]
-        if SERVE.get("full_validation"):
+        if FULL_VALIDATION:
             bad = invalid_rows(records, PARAMS)
             if bad: raise InvalidArgument(f"invalid applicants: {bad}")
         answers, canary = decide(served, records, CANARY, ID_COLUMN)
         now, rid = datetime.now(timezone.utc).isoformat(timespec="milliseconds"), request_id or uuid.uuid4().hex
-        for ans in answers:
-            ans |= {"scored_at": now, "request_id": rid}
-            SCORES.labels(grade=str(ans["risk_grade"]), method=ans["method"]).inc()
-            RISK.observe(ans["risk_score"])
+        for ans in answers: ans |= {"scored_at": now, "request_id": rid}
         if endpoint == "score_batch":  # a batch merges many callers' requests: one request id and audit record each
             for rec, ans in zip(records, answers):
                 ans["request_id"] = uuid.uuid4().hex
@@ -289,17 +308,33 @@ class RiskService:
         if self.shadow is not None and served.challenger is not None:  # queued, scored by the shadow thread
             self.shadow.submit(served, endpoint, [(a["request_id"], 0 if endpoint == "score_batch" else i, rec, bool(c), now)
                                                   for i, (rec, a, c) in enumerate(zip(records, answers, canary))])
-        self._log(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers], len(records), start,
-                  served, int(canary.sum()))
+        latency_ms = (time.perf_counter() - start) * 1000
+        tally = lambda: self._tally(endpoint, rid if endpoint != "score_batch" else [a["request_id"] for a in answers],
+                                    answers, latency_ms, served, int(canary.sum()))
+        if after is None: tally()
+        else: after.append(tally)
         return answers
 
-    def _log(self, endpoint: str, request_id, applicants: int, started: float, served: Served, canary: int = 0) -> None:
+    def _tally(self, endpoint: str, request_id, answers: list[dict], latency_ms: float, served: Served, canary: int) -> None:
+        "Count the answers by grade and method, observe their risk scores, set the audit gauges, log the request."
+        try:
+            for ans in answers:
+                key = (ans["risk_grade"], ans["method"])
+                child = self.score_counts.get(key)
+                if child is None: child = self.score_counts[key] = SCORES.labels(grade=str(key[0]), method=key[1])
+                child.inc()
+                RISK.observe(ans["risk_score"])
+            self._gauges()
+            self._log(endpoint, request_id, len(answers), latency_ms, served, canary)
+        except Exception:  # the answers are given and audited: a failed count or log line does not fail the request
+            log.exception("counting or logging a %s request failed", endpoint)
+
+    def _log(self, endpoint: str, request_id, applicants: int, latency_ms: float, served: Served, canary: int = 0) -> None:
         "One JSON line per request: endpoint, request id(s), model version, applicants, how many the challenger decided, latency."
         ident = served.champion.identity
         log.info("scored", extra={"endpoint": endpoint, "request_id": request_id, "model_name": ident["model_name"],
                                   "model_version": ident["model_version"], "method": served.champion.method,
-                                  "applicants": applicants, "canary": canary,
-                                  "latency_ms": round((time.perf_counter() - started) * 1000, 3)})
+                                  "applicants": applicants, "canary": canary, "latency_ms": round(latency_ms, 3)})
 
     @bentoml.api(input_spec=BODIES["score"])
     def score(self, applicants: list, request_id: str | None = None) -> list[ScoreAnswer]:
@@ -320,7 +355,8 @@ class RiskService:
         answers, canary = decide(served, [record], CANARY, ID_COLUMN, how="explain")  # the model that decides explains
         rid = uuid.uuid4().hex
         self._audit("explain", rid, [record], answers, start)
-        self._log("explain", rid, 1, start, served, int(canary.sum()))
+        self._gauges()
+        self._log("explain", rid, 1, (time.perf_counter() - start) * 1000, served, int(canary.sum()))
         return _json(EXPLANATION, answers[0])
 
     @bentoml.on_shutdown

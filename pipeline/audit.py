@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import math
+import operator
 import os
 import re
 import threading
@@ -304,7 +305,7 @@ def _write(self, records: list[dict]) -> None:
         if self._closed: raise RuntimeError("the audit trail is closed")
         self.own.append(data)
         self._queued += len(records)
-    if self._queued >= self.batch_size: self._wake.set()
+    if self._queued >= self.batch_size and not self._wake.is_set(): self._wake.set()  # one wake-up per batch
 
 AuditTrail.write = _write
 
@@ -349,12 +350,40 @@ def _rows(self, lines: list[bytes]) -> tuple[list[dict], list[tuple[dict, str]]]
 AuditTrail._rows = _rows
 
 # %% ../nbs/12_audit.ipynb #9ae4fc76
+def _driver_sql(self) -> tuple[str, "callable"]:
+    """The insert as the driver's SQL text (compiled once) and the function that makes a row its parameters as
+    SQLAlchemy would: each column's bind processing (e.g. float() for Float columns), then a tuple in the
+    statement's order for positional paramstyles (SQLite's `?`) or a dict for named ones. It raises what the
+    processing raises (a value it cannot convert)."""
+    if self.__dict__.get("_sql") is None:
+        dialect = self.engine.dialect
+        compiled = self.insert.compile(dialect=dialect, column_keys=list(self.columns))
+        names = list(compiled.positiontup) if compiled.positional else list(self.columns)
+        procs = [(i, p) for i, n in enumerate(names) if (p := self.table.c[n].type.bind_processor(dialect)) is not None]
+        take = operator.itemgetter(*names)
+        def params(row: dict):
+            values = take(row)
+            if procs:
+                values = list(values)
+                for i, p in procs:
+                    if values[i] is not None: values[i] = p(values[i])
+            return tuple(values) if compiled.positional else dict(zip(names, values))
+        self._sql = (str(compiled), params)
+    return self._sql
+
 def _insert(self, rows: list[dict]) -> list[tuple[dict, str]]:
-    "Insert `rows`; the rows the database refused, with its reason. Transient errors are raised."
+    """Insert `rows` in one transaction, by one executemany of the driver's SQL; the rows the database refused,
+    with its reason. Transient errors are raised. A batch the fast path cannot convert, or that the database
+    refuses, goes through SQLAlchemy's `execute`, row by row when needed, as before (the same errors and reasons)."""
     if not self._schema_ok:
         self.table.metadata.create_all(self.engine); self._schema_ok = True
+    sql, params = self._driver_sql()
+    try: fast = list(map(params, rows))
+    except (TypeError, ValueError, OverflowError): fast = None  # SQLAlchemy's execute says which row and why
     try:
-        with self.engine.begin() as c: c.execute(self.insert, rows)
+        with self.engine.begin() as c:
+            if fast is not None: c.exec_driver_sql(sql, fast)
+            else: c.execute(self.insert, rows)
         return []
     except sa.exc.SQLAlchemyError as e:
         if is_transient(e): raise
@@ -373,7 +402,7 @@ def _stored(self, row: dict) -> bool:
         with self.engine.connect() as c: return c.execute(sa.select(sa.func.count()).where(key)).scalar() > 0
     except sa.exc.SQLAlchemyError: return False
 
-AuditTrail._insert, AuditTrail._stored = _insert, _stored
+AuditTrail._driver_sql, AuditTrail._insert, AuditTrail._stored = _driver_sql, _insert, _stored
 
 # %% ../nbs/12_audit.ipynb #4e183ca6
 def _dead_letter(self, refused: list[tuple[dict, str]]) -> None:

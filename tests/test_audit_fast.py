@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from pipeline.audit import AuditTrail, _line, audit_records, jsonable, protect, to_json
+from pipeline.audit import AuditTrail, _line, audit_engine, audit_records, jsonable, protect, to_json
 
 
 def reference_to_json(v) -> str:
@@ -219,3 +219,47 @@ def test_without_orjson_the_text_is_the_same(monkeypatch):
     assert with_it == without
     assert without[0] == [canonical_or_error(reference_to_json, v) for v in values]
     assert without[2] == [json.dumps(r, default=str) for r in recs]
+
+
+def test_driver_insert_stores_what_sqlalchemy_execute_stores(tmp_path):
+    """The batch insert through the driver's SQL (tuples, one executemany) stores and refuses what the SQLAlchemy
+    execute it replaced stores and refuses: the same rows, values and types, duplicates skipped, the same
+    refused rows with the same reasons (a text that is no number in a Float column)."""
+    def reference(trail, engine, rows):  # _insert before the driver path, on another database
+        try:
+            with engine.begin() as c: c.execute(trail.insert, rows)
+            return []
+        except sa.exc.SQLAlchemyError: pass
+        refused = []
+        for row in rows:
+            try:
+                with engine.begin() as c: c.execute(trail.insert, [row])
+            except sa.exc.SQLAlchemyError as e:
+                key = (trail.table.c.request_id == row["request_id"]) & (trail.table.c.position == row["position"])
+                with engine.connect() as c: stored = c.execute(sa.select(sa.func.count()).where(key)).scalar() > 0
+                if not stored: refused.append((row, str(getattr(e, "orig", None) or e).strip()[:2000]))
+        return refused
+    def value():  # what a spool line read back can hold (json's types; integers SQLite can store)
+        while True:
+            v = json.loads(json.dumps(rand_scalar(rnd), default=str))
+            if not isinstance(v, int) or -2**63 <= v < 2**63: return v
+    read = lambda e: [tuple(r) for r in e.connect().execute(sa.text("SELECT * FROM audit_records ORDER BY request_id, position"))]
+    rnd = random.Random(11)
+    for n, bad_share in enumerate((0.0, 0.0, 0.02)):
+        trail = AuditTrail(f"sqlite:///{tmp_path}/a{n}.sqlite", tmp_path / f"spool{n}", flush_interval_s=3600)
+        ref = audit_engine(f"sqlite:///{tmp_path}/b{n}.sqlite")
+        trail.table.metadata.create_all(ref)
+        rows = []
+        for i in range(400):
+            row = {c: value() for c in trail.columns} | {"request_id": f"r{i % 150}", "position": i % 2}
+            for c in ("threshold", "latency_ms"):  # Float columns: numbers, None, numeric text
+                row[c] = rnd.choice([rand_float(rnd), rnd.randint(-9, 9), None, True, "0.5"])
+            if rnd.random() < bad_share: row |= {"request_id": f"bad{i}", "latency_ms": "word"}  # no number: refused
+            rows.append(row)
+        refused = trail._insert(rows)
+        assert refused == reference(trail, ref, rows)
+        assert len(refused) == sum(r["request_id"].startswith("bad") for r in rows) and (len(refused) > 0) == (bad_share > 0)
+        got, want = read(trail.engine), read(ref)
+        assert got == want and [[type(v) for v in r] for r in got] == [[type(v) for v in r] for r in want]
+        if not bad_share: assert len(got) == 150  # 400 rows, 150 keys
+        trail.close(); ref.dispose()

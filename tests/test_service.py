@@ -284,6 +284,28 @@ def test_score_batch_under_concurrency_and_explain(server, small_model, small_pa
     assert e["risk_score"] == pytest.approx(single[0]["risk_score"])
 
 
+def test_score_answer_headers_then_its_log_line_and_counts(server, small_model):
+    """The gate's 200: the serializer's bytes with starlette's headers for them (content-length, content-type) and the
+    server name; the request's log line (its id, latency) and its score counts follow the answer (written just after it is sent)."""
+    def count():
+        text = requests.get(server.url + "/metrics").text
+        return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("riskops_scores_total{"))
+    before = count()
+    rows = _records(small_model["test"].head(3))
+    r = requests.post(server.url + "/score", json={"applicants": rows, "request_id": "tally-1"}, headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert int(r.headers["content-length"]) == len(r.content) and r.headers["server"] == "BentoML Service/riskops"
+    assert [a["request_id"] for a in r.json()] == ["tally-1"] * 3
+    end, lines, counted = time.time() + 10, [], before
+    while time.time() < end and not (lines and counted >= before + 3):
+        lines = [json.loads(l) for l in Path(server.log.name).read_text().splitlines()
+                 if l.startswith("{") and '"tally-1"' in l]
+        counted = count()
+        time.sleep(0.05)
+    assert len(lines) == 1 and lines[0]["endpoint"] == "score" and lines[0]["applicants"] == 3 and lines[0]["latency_ms"] > 0
+    assert counted == before + 3
+
+
 def test_metrics_count_scores_by_grade_and_method(server, small_model):
     requests.post(server.url + "/score", json={"applicants": _records(small_model["test"].head(2))}, headers=AUTH)
     text = requests.get(server.url + "/metrics").text
