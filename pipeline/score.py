@@ -83,8 +83,8 @@ def check_output(scores, quarantine: pd.DataFrame, chunk: pd.DataFrame, n_grades
 class ScoresWriter:
     """Appends chunks' scores (Arrow tables, in chunk order) to a parquet `out` through a temporary file; renamed
     into place on a clean exit; the file is what `combine` makes of the same tables. `types`: the type of a column
-    that may be null-typed in the first table (no rows with a reason); such a column is written as that type, and
-    then without pandas metadata, as `combine` writes it. `finished` is False when it gave up: a csv `out`, no rows,
+    that may be null-typed in the first table (no rows with a reason; null: always); such a column is written as that
+    type, and then without pandas metadata, as `combine` writes it. `finished` is False when it gave up: a csv `out`, no rows,
     a null-typed column of no declared type in the first table, a later table whose types differ other than by null
     columns, or a declared column null in every table. A context manager: an exception leaves no file behind."""
     def __init__(self, out: Path, types: dict[str, pa.DataType] | None = None):
@@ -97,7 +97,7 @@ class ScoresWriter:
         if self.schema is None:
             nulls = {f.name for f in table.schema if pa.types.is_null(f.type)}
             if nulls - set(self.types): return self.give_up()
-            self.promoted, schema = nulls, table.schema
+            self.promoted, schema = {c for c in nulls if not pa.types.is_null(self.types[c])}, table.schema
             if nulls: schema = pa.schema([f.with_type(self.types[f.name]) if f.name in nulls else f for f in table.schema])
             self.schema, self.writer = schema, pq.ParquetWriter(self.tmp, schema)
         self.filled |= {c for c in self.promoted if not pa.types.is_null(table.schema.field(c).type)}
@@ -123,9 +123,9 @@ class ScoresWriter:
         self.finished = True
 
 def reason_types(scorer: Scorer, reasons: str) -> dict[str, pa.DataType]:
-    "The Arrow types of the columns of `Scorer.table` that a chunk may leave null-typed: the reasons and their values (text), unless `reasons` is `none`."
-    if reasons == "none": return {}
-    return {f"reason_{j + 1}{s}": pa.large_string() for j in range(scorer.k) for s in ("", "_value")}
+    "The Arrow types of the columns of `Scorer.table` that a chunk may leave null-typed: the reasons and their values, text (null with `reasons` `none`)."
+    kind = pa.null() if reasons == "none" else pa.large_string()
+    return {f"reason_{j + 1}{s}": kind for j in range(scorer.k) for s in ("", "_value")}
 
 # %% ../nbs/13_score.ipynb #e6eff229
 def _write_atomic(df, path: Path) -> None:
