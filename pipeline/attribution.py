@@ -118,6 +118,52 @@ def base_margin(booster: xgb.Booster) -> np.float32:
     p = float(learner["learner_model_param"]["base_score"].strip("[]"))
     return np.float32(np.log(p / (1 - p)))
 
+# %% ../nbs/09_attribution.ipynb #c5e1a2b1
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _walk_select(Xf, nf, offs, depths, feat, cond, nanr, value, col, delta, base, margin, cut, out, rows, nan):
+    """Margins of the rows of the flat float32 `Xf` (n x nf) into `margin`, as `_walk`'s; for the rows whose margin
+    is >= `cut` (float32), path credits into consecutive rows of `out` (n x nf + 1) and their row numbers into
+    `rows`; returns how many rows got credits."""
+    n, block, nt = margin.shape[0], 64, offs.shape[0]
+    at = np.zeros(block, np.uint32)
+    row = np.empty(block, np.uint64)
+    leaf = np.empty((nt, block), np.uint32)  # the block's leaves: 1-based heap index within their tree
+    pick, base_of, ends = np.empty(block, np.int64), np.empty(block, np.int64), np.empty(block, np.uint32)
+    flat, width = out.reshape(-1), nf + 1
+    k = 0
+    for lo in range(0, n, block):
+        m = min(lo + block, n) - lo
+        for i in range(m):
+            margin[lo + i] = base
+            row[i] = np.uint64(lo + i) * np.uint64(nf)
+        for t in range(nt):
+            o = np.uint32(offs[t])
+            for i in range(m): at[i] = o
+            for _ in range(depths[t]):
+                for i in range(m):
+                    h = at[i]
+                    x, c = Xf[row[i] + np.uint64(feat[h])], cond[h]
+                    right = np.uint32(x >= c) | (np.uint32(nanr[h]) & np.uint32(x != x)) if nan else np.uint32(x >= c)
+                    at[i] = h + (h - o) + np.uint32(1) + right
+            for i in range(m):
+                margin[lo + i] = np.float32(margin[lo + i] + value[at[i]])
+                leaf[t, i] = at[i] - o + np.uint32(1)
+        mc = 0
+        for i in range(m):
+            if margin[lo + i] >= cut:
+                pick[mc], rows[k + mc], base_of[mc] = i, lo + i, (k + mc) * width
+                mc += 1
+        if mc == 0: continue
+        for t in range(nt):  # tree by tree, root to leaf: `_walk`'s order of additions into each credit
+            o = np.uint32(offs[t]) - np.uint32(1)
+            for j in range(mc): ends[j] = leaf[t, pick[j]]
+            for lev in range(depths[t] - 1, -1, -1):  # the ancestor of 1-based heap index r, `lev` levels up, is r >> lev
+                for j in range(mc):
+                    h = o + (ends[j] >> np.uint32(lev))
+                    flat[base_of[j] + col[h]] += delta[h]
+        k += mc
+    return k
+
 # %% ../nbs/09_attribution.ipynb #3f0b413c
 class PathAttribution:
     """Path (Saabas) attributions of a booster's margin: `attribute(X)` is XGBoost's `approx_contribs`, faster;
@@ -142,6 +188,19 @@ class PathAttribution:
     def attribute(self, X) -> np.ndarray:
         "Attributions of the featurized rows `X` (n x features), plus a last column, the bias: each row sums to its margin."
         return self.walk(X)[1]
+
+    def select(self, X, cut: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Margins (n,), float32, of featurized rows `X` (n x features), and, from the same pass, the attributions
+        (m, features + 1) of the m rows whose margin is >= `cut` with their row numbers (m,), ascending: each `walk`'s
+        to the bit (`cut=-inf`: every row). ValueError for a booster without a base margin (not binary:logistic)."""
+        if self.base is None: raise ValueError("select needs a binary:logistic booster")
+        X = _flat(X, self.n_features)
+        margin, rows, out = np.zeros(len(X), np.float32), np.empty(len(X), np.int64), np.zeros((len(X), self.n_features + 1))
+        k = _walk_select(X.ravel(), self.n_features, *self.heap.values(), self.base, margin, np.float32(cut), out, rows,
+                         bool(np.isnan(X).any()))
+        out = out[:k]
+        out[:, -1] = self.bias
+        return margin, rows[:k], out
 
     def walk(self, X) -> tuple[np.ndarray, np.ndarray]:
         """Margins (n,), float32, and attributions (n, features + 1) of featurized rows `X` (n x features), in one pass.

@@ -27,8 +27,8 @@ from .scorer import Scorer
 from .validate import validate_for_scoring
 
 # %% auto #0
-__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'check_output', 'ScoresWriter', 'read_part', 'job_manifest', 'combine',
-           'quarantine_text', 'run_job', 'check_bad_share', 'score_parser', 'main']
+__all__ = ['count_rows', 'read_chunks', 'score_chunk', 'score_table', 'check_output', 'ScoresWriter', 'reason_types', 'read_part',
+           'job_manifest', 'combine', 'quarantine_text', 'run_job', 'check_bad_share', 'score_parser', 'main']
 
 # %% ../nbs/13_score.ipynb #613fc597
 def count_rows(path: str | Path) -> int | None:
@@ -60,32 +60,48 @@ def score_chunk(df: pd.DataFrame, scorer: Scorer, params: dict) -> tuple[pd.Data
     scores = scorer.frame(valid, params["serve"]["batch"]["reason_codes_for"])
     return pd.concat([head, scores], axis=1), quarantine
 
-def check_output(scores: pd.DataFrame, quarantine: pd.DataFrame, chunk: pd.DataFrame, n_grades: int) -> None:
-    "Every input row is scored or quarantined exactly once, and every answer is in range; raise otherwise."
+def score_table(df: pd.DataFrame, scorer: Scorer, params: dict) -> tuple[pa.Table, pd.DataFrame]:
+    """`score_chunk` with the scores as an Arrow table, `pa.Table.from_pandas` of its frame to the bit (`Scorer.table`),
+    built from the arrays without a pandas frame; no valid row: a table of no columns."""
+    valid, quarantine, _ = validate_for_scoring(df, params)
+    if valid.empty: return pa.Table.from_pandas(pd.DataFrame(), preserve_index=False), quarantine
+    idc = params["data"].get("id")
+    head = pd.DataFrame({"_row": valid.index.to_numpy()} | ({idc: valid[idc].to_numpy()} if idc else {}))
+    return scorer.table(valid, params["serve"]["batch"]["reason_codes_for"], pa.Table.from_pandas(head, preserve_index=False)), quarantine
+
+def check_output(scores, quarantine: pd.DataFrame, chunk: pd.DataFrame, n_grades: int) -> None:
+    "Every input row is scored or quarantined exactly once, and every answer is in range (`scores`: a frame or an Arrow table); raise otherwise."
     rows = np.concatenate([scores["_row"].to_numpy() if len(scores) else [], quarantine["_row"].to_numpy()])
-    if len(rows) != len(chunk) or set(rows.astype(int)) != set(chunk.index):
+    if len(rows) != len(chunk) or not np.array_equal(np.sort(rows.astype(int)), np.sort(chunk.index.to_numpy())):  # a permutation
         raise AssertionError(f"rows {chunk.index[0]}..{chunk.index[-1]}: {len(rows)} rows out for {len(chunk)} in")
     if len(scores):
-        s = scores["risk_score"]
-        if s.isna().any() or (s < 0).any() or (s > 1).any(): raise AssertionError("risk_score outside [0, 1]")
-        if not scores["risk_grade"].between(1, n_grades).all(): raise AssertionError("risk_grade out of range")
+        s, g = np.asarray(scores["risk_score"].to_numpy(), float), scores["risk_grade"].to_numpy()
+        if np.isnan(s).any() or (s < 0).any() or (s > 1).any(): raise AssertionError("risk_score outside [0, 1]")
+        if not ((g >= 1) & (g <= n_grades)).all(): raise AssertionError("risk_grade out of range")
 
 # %% ../nbs/13_score.ipynb #b7a1c0df
 class ScoresWriter:
     """Appends chunks' scores (Arrow tables, in chunk order) to a parquet `out` through a temporary file; renamed
-    into place on a clean exit. `finished` is False when it gave up: a csv `out`, no rows, a null-typed column in
-    the first table, or a later table whose types differ other than by null columns. A context manager: an
-    exception leaves no file behind."""
-    def __init__(self, out: Path):
+    into place on a clean exit; the file is what `combine` makes of the same tables. `types`: the type of a column
+    that may be null-typed in the first table (no rows with a reason; null: always); such a column is written as that
+    type, and then without pandas metadata, as `combine` writes it. `finished` is False when it gave up: a csv `out`, no rows,
+    a null-typed column of no declared type in the first table, a later table whose types differ other than by null
+    columns, or a declared column null in every table. A context manager: an exception leaves no file behind."""
+    def __init__(self, out: Path, types: dict[str, pa.DataType] | None = None):
         self.out, self.tmp = Path(out), Path(out).with_suffix(Path(out).suffix + ".tmp")
         self.writer, self.schema, self.rows, self.ok, self.finished = None, None, 0, Path(out).suffix == ".parquet", False
+        self.types, self.promoted, self.filled = types or {}, set(), set()
 
     def add(self, table: pa.Table) -> None:
         if not self.ok or not table.num_rows: return
         if self.schema is None:
-            if any(pa.types.is_null(f.type) for f in table.schema): return self.give_up()
-            self.schema, self.writer = table.schema, pq.ParquetWriter(self.tmp, table.schema)
-        elif not table.schema.equals(self.schema):
+            nulls = {f.name for f in table.schema if pa.types.is_null(f.type)}
+            if nulls - set(self.types): return self.give_up()
+            self.promoted, schema = {c for c in nulls if not pa.types.is_null(self.types[c])}, table.schema
+            if nulls: schema = pa.schema([f.with_type(self.types[f.name]) if f.name in nulls else f for f in table.schema])
+            self.schema, self.writer = schema, pq.ParquetWriter(self.tmp, schema)
+        self.filled |= {c for c in self.promoted if not pa.types.is_null(table.schema.field(c).type)}
+        if not table.schema.equals(self.schema):
             if table.schema.names != self.schema.names or any(
                     f.type != self.schema.field(f.name).type and not pa.types.is_null(f.type) for f in table.schema):
                 return self.give_up()
@@ -101,10 +117,15 @@ class ScoresWriter:
     def __enter__(self): return self
 
     def __exit__(self, kind, *_):
-        if kind is not None or not self.ok or self.writer is None: return self.give_up()
+        if kind is not None or not self.ok or self.writer is None or self.promoted - self.filled: return self.give_up()
         self.writer.close()
         os.replace(self.tmp, self.out)
         self.finished = True
+
+def reason_types(scorer: Scorer, reasons: str) -> dict[str, pa.DataType]:
+    "The Arrow types of the columns of `Scorer.table` that a chunk may leave null-typed: the reasons and their values, text (null with `reasons` `none`)."
+    kind = pa.null() if reasons == "none" else pa.large_string()
+    return {f"reason_{j + 1}{s}": kind for j in range(scorer.k) for s in ("", "_value")}
 
 # %% ../nbs/13_score.ipynb #e6eff229
 def _write_atomic(df, path: Path) -> None:
@@ -150,10 +171,9 @@ def quarantine_text(quarantine: pd.DataFrame) -> pd.DataFrame:
 
 def _score_part(chunk: pd.DataFrame, scorer: Scorer, params: dict, n_grades: int, part: Path, qpart: Path) -> pa.Table:
     "Score, check and write one chunk (a worker thread's task): the scores part last, as the mark that it is done; returns it."
-    scores, quarantine = score_chunk(chunk, scorer, params)
-    check_output(scores, quarantine, chunk, n_grades)
+    table, quarantine = score_table(chunk, scorer, params)
+    check_output(table, quarantine, chunk, n_grades)
     _write_atomic(quarantine_text(quarantine), qpart)
-    table = pa.Table.from_pandas(scores, preserve_index=False)
     _write_atomic(table, part)
     return table
 
@@ -179,7 +199,7 @@ def run_job(input_path, output_path, bundle, params: dict, chunk_rows: int | Non
     total = math.ceil(n / chunk_rows) if n is not None else None
     workers, n_grades = params["serve"]["batch"]["workers"], len(bundle.rules["grade_edges"]) + 1
     skipped = 0
-    stream = ScoresWriter(output_path)
+    stream = ScoresWriter(output_path, reason_types(scorer, params["serve"]["batch"]["reason_codes_for"]))
     with ThreadPoolExecutor(workers) as pool, tqdm(total=total, desc="scoring", unit="chunk", disable=not progress) as bar, stream:
         running = deque()  # chunks in input order: a part done in an earlier run is read back in its place
         for i, chunk in read_chunks(input_path, chunk_rows):

@@ -5,8 +5,11 @@
 # %% ../nbs/10_scorer.ipynb #3dccd35b
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from fastcore.basics import patch
 from scipy.special import expit
 
@@ -16,7 +19,8 @@ from .featurize import MISSING, column
 from .rules import apply_rules, field_sums, heuristic_margin, top_reasons
 
 # %% auto #0
-__all__ = ['check_sample', 'checked_paths', 'reason_values', 'reason_text', 'Scorer']
+__all__ = ['check_sample', 'checked_paths', 'reason_values', 'reason_text', 'decline_cut', 'picked_credits', 'Scorer',
+           'value_codes', 'coded_text', 'pandas_metadata']
 
 # %% ../nbs/10_scorer.ipynb #3032a2b5
 def check_sample(params: dict, n: int = 64, seed: int = 0) -> pd.DataFrame:
@@ -72,12 +76,38 @@ def reason_text(field: str, value, contribution: float, descriptions: dict) -> s
     shown = f"{value:.6g}" if isinstance(value, float) else value
     return f"{label} = {shown} raised the risk by {contribution:.3f} log-odds"
 
+# %% ../nbs/10_scorer.ipynb #b8d1c0a2
+def decline_cut(probability, threshold: float) -> float:
+    """A margin (log-odds, float) below which `probability` (a calibrator: margins (n,) -> probabilities (n,),
+    non-decreasing) stays under `threshold`, less a safety margin; -inf / inf when every / no margin in +-100 reaches it."""
+    reaches = lambda m: bool(probability(np.array([m]))[0] >= threshold)
+    lo, hi = -100.0, 100.0
+    if reaches(lo): return -np.inf
+    if not reaches(hi): return np.inf
+    for _ in range(80):  # reaches(hi) and not reaches(lo) throughout
+        mid = (lo + hi) / 2
+        if reaches(mid): hi = mid
+        else: lo = mid
+    return lo - 1e-3 * (1 + abs(lo))
+
+def picked_credits(which: np.ndarray, at: np.ndarray, credits: np.ndarray, attribute, X: np.ndarray) -> np.ndarray:
+    """The credit rows (m, features + 1) of rows `which` (ascending) out of `credits`, those of rows `at` (ascending, as
+    `PathAttribution.select` gives them); a row of `which` not in `at` is attributed anew by `attribute(X[rows])`."""
+    pos = np.searchsorted(at, which)
+    hit = pos < len(at)
+    hit[hit] = at[pos[hit]] == which[hit]
+    if hit.all(): return credits[pos]
+    out = np.empty((len(which), credits.shape[1]))
+    out[hit] = credits[pos[hit]]
+    out[~hit] = attribute(X[which[~hit]])
+    return out
+
 # %% ../nbs/10_scorer.ipynb #a9f5bf73
 class Scorer:
     "Scores validated rows (a frame or records) with a bundle, or with the heuristic fallback when `bundle` is None."
     def __init__(self, bundle=None, params: dict | None = None, check_rows: pd.DataFrame | None = None):
         s = params["serve"]
-        self.bundle, self.params, self.paths = bundle, params, None
+        self.bundle, self.params, self.paths, self.cut = bundle, params, None, None
         self.k, self.approx = s["reason_codes"], s.get("contributions", "approx") == "approx"
         self.descriptions = params["explain"].get("descriptions") or {}
         self.method = "model" if bundle is not None else "fallback"
@@ -95,6 +125,8 @@ class Scorer:
                 X_check = fz.transform(check_rows)
                 self.model.estimator.compile(X_check)  # the margin in compiled code, if it is XGBoost's to the bit
                 if self.approx: self.paths = checked_paths(self.model.estimator, X_check)
+        # below this margin no row is declined: the batch's compiled pass gives credits only from it up
+        self.cut = decline_cut(self.model.calibrated.probability, self.rules["threshold"]) if self.paths is not None else None
         self.identity = {"model_name": getattr(bundle, "name", None) or "unregistered",
                          "model_version": str(getattr(bundle, "version", None) or ("heuristic" if bundle is None else "local")),
                          "bundle_sha": getattr(bundle, "sha", "")}
@@ -129,24 +161,41 @@ def field_names(self: Scorer) -> list[str]:
 
 # %% ../nbs/10_scorer.ipynb #3d4db040
 @patch
-def score(self: Scorer, rows, reasons=True) -> dict:
-    """Arrays for validated rows: risk_score, risk_grade, scaled_score, decision (n,); for the rows `which` that need
-    reasons (`reasons`: a mask, True/False, or `all`/`declined`/`none`): reason fields, values and contributions (m, k)."""
+def score_codes(self: Scorer, rows, reasons=True) -> tuple[dict, np.ndarray]:
+    """`score`'s arrays with each reason as its column in `field_names()` (`reason_index`, (m, k) int, -1 where fewer)
+    and without the values; and the numeric inputs before imputation (n, numeric). `reasons="declined"` on the compiled
+    path: one pass gives every row's margin and the credits of the rows at or above `cut` (the declined ones among them)."""
     X, raw = self.matrix(rows)
     every = reasons is True or (isinstance(reasons, str) and reasons == "all")
-    if every and self.k and getattr(self.paths, "margin_checked", False):  # one pass: margins and every row's credits
+    compiled = self.k and getattr(self.paths, "margin_checked", False)
+    at = credits = contribs = None
+    if every and compiled:  # one pass: margins and every row's credits
         margin, credits = self.paths.walk(X)
         p, contribs = self.model.calibrated.probability(margin), field_sums(credits[:, :-1], self.fields)[0]
-    else: p, contribs = self.probability(X), None
+    elif compiled and isinstance(reasons, str) and reasons == "declined" and self.cut is not None:
+        margin, at, credits = self.paths.select(X, self.cut)  # margins of all, credits of the rows that may be declined
+        p = self.model.calibrated.probability(margin)
+    else: p = self.probability(X)
     rules = apply_rules(p, self.rules)
     if isinstance(reasons, str): reasons = {"all": True, "none": False, "declined": rules["decision"] == "decline"}[reasons]
     mask = np.full(len(p), reasons) if isinstance(reasons, bool) else np.asarray(reasons, bool)
     which = np.flatnonzero(mask) if self.k else np.array([], int)
-    names = np.array(self.field_names() + [None], dtype=object)
-    if contribs is None and len(which): contribs = self.field_contributions(X[which])
+    if contribs is None and len(which):
+        contribs = (self.field_contributions(X[which]) if at is None else
+                    field_sums(picked_credits(which, at, credits, self.paths.attribute, X)[:, :-1], self.fields)[0])
     idx, val = top_reasons(contribs, self.k) if len(which) else (np.zeros((0, self.k), int), np.zeros((0, self.k)))
-    return {"risk_score": p, **rules, "which": which, "reason": names[idx],
-            "reason_value": reason_values(rows, raw, self.numeric, list(names[:-1]), which, idx), "reason_contribution": val}
+    return {"risk_score": p, **rules, "which": which, "reason_index": idx, "reason_contribution": val}, raw
+
+@patch
+def score(self: Scorer, rows, reasons=True) -> dict:
+    """Arrays for validated rows: risk_score, risk_grade, scaled_score, decision (n,); for the rows `which` that need
+    reasons (`reasons`: a mask, True/False, or `all`/`declined`/`none`): reason fields, values and contributions (m, k)."""
+    s, raw = self.score_codes(rows, reasons)
+    names = np.array(self.field_names() + [None], dtype=object)
+    idx = s.pop("reason_index")
+    return {**{k: s[k] for k in ("risk_score", "risk_grade", "scaled_score", "decision", "which")}, "reason": names[idx],
+            "reason_value": reason_values(rows, raw, self.numeric, list(names[:-1]), s["which"], idx),
+            "reason_contribution": s["reason_contribution"]}
 
 # %% ../nbs/10_scorer.ipynb #7e637dcd
 @patch
@@ -184,3 +233,61 @@ def explain(self: Scorer, rows) -> list[dict]:
     return [{"risk_score": float(p[i]), "method": self.method, **self.identity,
              "contributions": {n: float(c[i, j]) for j, n in enumerate(names)},
              "values": dict(zip(names, values[i]))} for i in range(len(p))]
+
+# %% ../nbs/10_scorer.ipynb #c7a0e1f1
+def value_codes(rows, raw: np.ndarray, numeric: list[str], names: list[str], which: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """`reason_values` as text (`str` of each value) without an object per cell: codes (m, k) int32 into a vocabulary
+    (list of str), -1 where no reason. A number is written once per distinct value (by its bits: -0.0 stays -0.0)."""
+    codes, vocab = np.full(idx.shape, -1, np.int32), []
+    for f in np.unique(idx[idx >= 0]):
+        hit = idx == f
+        at = which[np.nonzero(hit)[0]]
+        if names[f] in numeric:
+            bits, inverse = np.unique(np.ascontiguousarray(raw[at, numeric.index(names[f])]).view(np.int64), return_inverse=True)
+            text = [MISSING if v != v else str(v) for v in bits.view(np.float64).tolist()]
+        else:
+            found = [code_of(x) or MISSING for x in column(rows, names[f])[at]]
+            text = list(dict.fromkeys(found))
+            inverse = np.array([text.index(v) for v in found], np.int64) if len(text) > 1 else np.zeros(len(found), np.int64)
+        codes[hit] = len(vocab) + inverse.ravel()
+        vocab += text
+    return codes, vocab
+
+def coded_text(codes: np.ndarray, vocab: list[str]) -> pa.Array:
+    "Codes (n,) into `vocab` as an Arrow large_string array, null where < 0; all null: a null-typed array (as pandas gives it)."
+    if not (codes >= 0).any(): return pa.nulls(len(codes))
+    indices = pa.array(codes, mask=codes < 0, type=pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, pa.array(vocab, pa.large_string())).cast(pa.large_string())
+
+# %% ../nbs/10_scorer.ipynb #c7a0e1f3
+def pandas_metadata(table: pa.Table, head: pa.Table) -> pa.Table:
+    """`table` with the pandas metadata `pa.Table.from_pandas` gives the frame it holds: the entries of its first
+    columns are `head`'s (a `from_pandas` table), the others' follow from their type (int64, float64, large_string, null)."""
+    sample = {"int64": np.zeros(1, np.int64), "double": np.zeros(1), "large_string": pd.array(["a"], dtype="str"),
+              "null": np.array([None], dtype=object)}
+    rest = table.schema.names[head.num_columns:]
+    like = pa.Table.from_pandas(pd.DataFrame({c: sample[str(table.schema.field(c).type)] for c in rest}), preserve_index=False)
+    meta = json.loads(like.schema.metadata[b"pandas"])
+    if head.num_columns: meta["columns"] = json.loads(head.schema.metadata[b"pandas"])["columns"] + meta["columns"]
+    return table.replace_schema_metadata({b"pandas": json.dumps(meta).encode()})
+
+# %% ../nbs/10_scorer.ipynb #c7a0e1f4
+@patch
+def table(self: Scorer, rows: pd.DataFrame, reasons=True, head: pa.Table | None = None) -> pa.Table:
+    """`frame` as an Arrow table, `pa.Table.from_pandas(frame, preserve_index=False)` to the bit (types, nulls where
+    pandas has NaN or None, pandas metadata), built from the arrays; `head`: columns (a `from_pandas` table) put first."""
+    s, raw = self.score_codes(rows, reasons)
+    n, which, idx = len(s["risk_score"]), s["which"], s["reason_index"]
+    names = self.field_names()
+    declined = np.asarray(s["decision"]) == "decline"
+    cols = {} if head is None else dict(zip(head.schema.names, head.columns))
+    cols |= {"risk_score": pa.array(s["risk_score"], from_pandas=True), "risk_grade": pa.array(np.asarray(s["risk_grade"], np.int64)),
+             "scaled_score": pa.array(s["scaled_score"], from_pandas=True), "decision": coded_text(declined.astype(np.int32), ["approve", "decline"])}
+    vcodes, vocab = value_codes(rows, raw, self.numeric, names, which, idx)
+    for j in range(self.k):
+        field, value, contribution = np.full(n, -1, np.int32), np.full(n, -1, np.int32), np.full(n, np.nan)
+        field[which], value[which], contribution[which] = idx[:, j], vcodes[:, j], s["reason_contribution"][:, j]
+        cols |= {f"reason_{j + 1}": coded_text(field, names), f"reason_{j + 1}_value": coded_text(value, vocab),
+                 f"reason_{j + 1}_contribution": pa.array(contribution, from_pandas=True)}
+    for k, v in {"method": self.method, **self.identity}.items(): cols[k] = pa.repeat(pa.scalar(v, pa.large_string()), n)
+    return pandas_metadata(pa.table(cols), head if head is not None else pa.table({}))
