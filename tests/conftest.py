@@ -294,8 +294,10 @@ def kafka_broker(tmp_path_factory):
 
 # The longest files first: with two workers and a file's tests kept together (--dist loadfile), a long file
 # collected last would run alone at the end while the other worker idles.
-LONGEST_FIRST = ["test_pipeline.py", "test_loop.py", "test_other_dataset.py", "test_registry.py", "test_champion.py",
-                 "test_report.py", "test_live.py", "test_shared_stores.py", "test_spark.py", "test_service.py"]
+# (xdist would otherwise hand out the files with the most tests first: pytest.ini turns that off.)
+LONGEST_FIRST = ["test_pipeline.py", "test_other_dataset.py", "test_registry.py", "test_loop.py", "test_champion.py",
+                 "test_service.py", "test_shared_stores.py", "test_report.py", "test_replay.py", "test_audit_faults.py",
+                 "test_live.py", "test_spark.py", "test_stream.py"]
 
 
 def pytest_collection_modifyitems(session, config, items):
