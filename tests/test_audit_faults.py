@@ -107,7 +107,7 @@ def stored(url: str, prefix: str) -> list[tuple[str, int]]:
         with engine.connect() as c:
             return [tuple(r) for r in c.execute(sa.text("SELECT request_id, position FROM audit_records WHERE request_id LIKE :p"),
                                                 {"p": prefix + "-%"})]
-    except sa.exc.OperationalError: return []
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError): return []  # no database yet, or no table yet (PostgreSQL)
     finally: engine.dispose()
 
 
